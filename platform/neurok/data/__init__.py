@@ -1,0 +1,1 @@
+"""The 4D dataset: schema, Zarr store, generation, ingestion, validation and (later) the loader."""

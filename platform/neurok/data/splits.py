@@ -1,0 +1,26 @@
+"""Splits by object, never by frame: every sequence of an object lands in the same split."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SplitSpec:
+    val: float = 0.1  # fraction of objects
+    test: float = 0.1
+    heldout_categories: list[str] = field(default_factory=list)  # whole categories kept out of training
+
+
+def assign_split(object_key: str, category: str, spec: SplitSpec, seed: int) -> str:
+    """The split of an object: a pure function of its key, so re-runs and resumes agree."""
+    if category in spec.heldout_categories:
+        return "heldout"
+    digest = hashlib.sha256(f"{seed}:{object_key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "little") / 2**64
+    if u < spec.val:
+        return "val"
+    if u < spec.val + spec.test:
+        return "test"
+    return "train"

@@ -1,0 +1,28 @@
+"""Project exceptions: each names the file, key or sequence at fault and what to do about it.
+
+The CLI prints them without a traceback: exit code 2 for bad input, 1 for other failures.
+"""
+
+
+class NeurokError(Exception):
+    """A failure the user can act on."""
+
+    exit_code = 1
+
+
+class BadInputError(NeurokError):
+    """The input (a config, a file, a store) is malformed."""
+
+    exit_code = 2
+
+
+class ConfigError(BadInputError):
+    """A config file or a command-line override is wrong."""
+
+
+class StoreError(BadInputError):
+    """A 4D store is missing, malformed, locked or inconsistent."""
+
+
+class StoreLockedError(StoreError):
+    """Another writer holds the store."""
