@@ -1,0 +1,1 @@
+"""The `neurok` console script."""
