@@ -15,7 +15,9 @@ GROUPS = ("neurok.cli.data",)
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="neurok", description="NeuROK: learn and simulate 4D object dynamics.")
+    parser = argparse.ArgumentParser(
+        prog="neurok", description="NeuROK: learn and simulate 4D object dynamics."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     groups = parser.add_subparsers(dest="group", required=True, metavar="GROUP")
     for module in GROUPS:
@@ -25,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come before or after options (argparse alone stops at the first option)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in x or x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -23,7 +23,9 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
-        raise ConfigError(f"{source}: bad config key '{key}': {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        raise ConfigError(
+            f"{source}: bad config key '{key}': {exc.msg if hasattr(exc, 'msg') else exc}"
+        ) from None
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:

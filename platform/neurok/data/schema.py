@@ -23,20 +23,48 @@ FLAG_DRAGGED = 4
 
 # Physical conditions recorded with every sequence, in this column order. 0 means "not applied".
 CONDITION_FIELDS = (
-    "frame_dt", "physics_dt",
-    "gravity_x", "gravity_y", "gravity_z",
-    "youngs_modulus", "poisson_ratio", "damping", "density", "friction",
-    "init_velocity_x", "init_velocity_y", "init_velocity_z",
-    "init_angular_velocity_x", "init_angular_velocity_y", "init_angular_velocity_z",
-    "poke_impulse_x", "poke_impulse_y", "poke_impulse_z", "poke_time",
-    "drag_offset_x", "drag_offset_y", "drag_offset_z", "drag_start", "drag_end",
-    "actuation_amplitude", "actuation_frequency",
+    "frame_dt",
+    "physics_dt",
+    "gravity_x",
+    "gravity_y",
+    "gravity_z",
+    "youngs_modulus",
+    "poisson_ratio",
+    "damping",
+    "density",
+    "friction",
+    "init_velocity_x",
+    "init_velocity_y",
+    "init_velocity_z",
+    "init_angular_velocity_x",
+    "init_angular_velocity_y",
+    "init_angular_velocity_z",
+    "poke_impulse_x",
+    "poke_impulse_y",
+    "poke_impulse_z",
+    "poke_time",
+    "drag_offset_x",
+    "drag_offset_y",
+    "drag_offset_z",
+    "drag_start",
+    "drag_end",
+    "actuation_amplitude",
+    "actuation_frequency",
 )
 
 # Columns of the per-sequence index table. Offsets are rows inside the sequence's loader shard.
 INDEX_FIELDS = (
-    "shard", "vertex_offset", "n_frames", "n_vertices", "face_offset", "n_faces", "flag_offset",
-    "object_id", "object_type", "category", "split",
+    "shard",
+    "vertex_offset",
+    "n_frames",
+    "n_vertices",
+    "face_offset",
+    "n_faces",
+    "flag_offset",
+    "object_id",
+    "object_type",
+    "category",
+    "split",
 )
 
 
@@ -89,7 +117,9 @@ def check_sequence(seq: Sequence) -> None:
     if seq.faces.ndim != 2 or seq.faces.shape[1] != 3 or len(seq.faces) == 0:
         raise bad(f"faces must have shape (F, 3) with F > 0, got {seq.faces.shape}")
     if seq.faces.min() < 0 or seq.faces.max() >= seq.n_vertices:
-        raise bad(f"face indices must lie in [0, {seq.n_vertices}), got [{seq.faces.min()}, {seq.faces.max()}]")
+        raise bad(
+            f"face indices must lie in [0, {seq.n_vertices}), got [{seq.faces.min()}, {seq.faces.max()}]"
+        )
     if seq.vertex_flags.shape != (seq.n_vertices,):
         raise bad(f"vertex_flags must have shape ({seq.n_vertices},), got {seq.vertex_flags.shape}")
     if seq.object_type not in OBJECT_TYPES:

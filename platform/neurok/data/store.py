@@ -40,6 +40,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
+from neurok import __version__
 from neurok.data.schema import (
     CONDITION_FIELDS,
     FRAME,
@@ -168,7 +169,9 @@ class StoreWriter:
     Opening an existing store resumes it: `completed_shards` tells which shards can be skipped.
     """
 
-    def __init__(self, path: str | os.PathLike, attrs: dict | None = None, layout: StoreLayout = StoreLayout()):
+    def __init__(
+        self, path: str | os.PathLike, attrs: dict | None = None, layout: StoreLayout = StoreLayout()
+    ):
         self.path = str(path)
         self.layout = layout
         self._new_attrs = attrs or {}
@@ -211,6 +214,7 @@ class StoreWriter:
             "splits": list(SPLITS),
         }
         attrs.update(self._new_attrs)
+        attrs["provenance"] = {"writer": f"neurok {__version__}", **attrs.get("provenance", {})}
         self.root.attrs.update(attrs)
 
     @property
@@ -247,16 +251,31 @@ class StoreWriter:
         for shard_id in shards:
             commit = self._commits[shard_id]
             manifest.append(
-                {"id": shard_id, "path": shard_name(shard_id), "n_sequences": commit["n_sequences"],
-                 "sha256": commit["sha256"], "nbytes": commit["nbytes"]}
+                {
+                    "id": shard_id,
+                    "path": shard_name(shard_id),
+                    "n_sequences": commit["n_sequences"],
+                    "sha256": commit["sha256"],
+                    "nbytes": commit["nbytes"],
+                }
             )
             for rec in commit["sequences"]:
                 if rec["category"] not in categories:
                     categories.append(rec["category"])
                 rows.append(
-                    [shard_id, rec["vertex_offset"], rec["n_frames"], rec["n_vertices"], rec["face_offset"],
-                     rec["n_faces"], rec["flag_offset"], rec["object_id"], OBJECT_TYPES.index(rec["object_type"]),
-                     categories.index(rec["category"]), SPLITS.index(rec["split"])]
+                    [
+                        shard_id,
+                        rec["vertex_offset"],
+                        rec["n_frames"],
+                        rec["n_vertices"],
+                        rec["face_offset"],
+                        rec["n_faces"],
+                        rec["flag_offset"],
+                        rec["object_id"],
+                        OBJECT_TYPES.index(rec["object_type"]),
+                        categories.index(rec["category"]),
+                        SPLITS.index(rec["split"]),
+                    ]
                 )
                 conds.append([rec["conditions"].get(k, 0.0) for k in CONDITION_FIELDS])
                 centers.append(rec["norm_center"])
@@ -297,8 +316,12 @@ def _write_array(group: zarr.Group, key: str, data: np.ndarray, layout: StoreLay
 
 def _write_table(root: zarr.Group, key: str, data: np.ndarray) -> None:
     root.create_array(
-        key, shape=data.shape, dtype=data.dtype, chunks=(max(1, min(len(data), 65536)),) + data.shape[1:],
-        compressors=ZstdCodec(level=3), overwrite=True,
+        key,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=(max(1, min(len(data), 65536)),) + data.shape[1:],
+        compressors=ZstdCodec(level=3),
+        overwrite=True,
     )
     if len(data):
         root[key][...] = data
@@ -359,13 +382,17 @@ class Store:
         if version != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: schema_version {version!r}, this code reads {SCHEMA_VERSION}")
         self.attrs = attrs
-        self.index = self.root["index"][:] if "index" in self.root else np.zeros((0, len(INDEX_FIELDS)), np.int64)
+        self.index = (
+            self.root["index"][:] if "index" in self.root else np.zeros((0, len(INDEX_FIELDS)), np.int64)
+        )
         if len(self.index) != attrs.get("n_sequences", 0):
             raise StoreError(
                 f"{self.path}: the index holds {len(self.index)} sequences but the manifest says "
                 f"{attrs.get('n_sequences')}; the last write was interrupted: rerun it to resume"
             )
-        self.conditions = self.root["conditions"][:] if len(self.index) else np.zeros((0, len(CONDITION_FIELDS)))
+        self.conditions = (
+            self.root["conditions"][:] if len(self.index) else np.zeros((0, len(CONDITION_FIELDS)))
+        )
         self.norm_center = self.root["norm_center"][:] if len(self.index) else np.zeros((0, 3))
         self.norm_scale = self.root["norm_scale"][:] if len(self.index) else np.zeros(0)
         self.categories: list[str] = list(attrs.get("categories", []))

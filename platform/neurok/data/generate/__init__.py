@@ -1,0 +1,1 @@
+"""Dataset generation: recipes -> planned sequences -> MuJoCo scenes -> loader shards in a store."""
