@@ -53,9 +53,10 @@ def format_card(card: dict, path: str, disk_bytes: int) -> str:
     lines = [
         f"4D store {path}",
         f"  sequences {card['sequences']}  objects {card['objects']}  loader shards {card['loader_shards']}",
-        f"  frames   min {card['frames']['min']}  median {card['frames']['median']:g}  max {card['frames']['max']}",
-        f"  vertices min {card['vertices']['min']}  median {card['vertices']['median']:g}  "
-        f"max {card['vertices']['max']}",
+        *(
+            f"  {key:<8} min {card[key]['min']}  median {card[key]['median']:g}  max {card[key]['max']}"
+            for key in ("frames", "vertices", "faces")
+        ),
         f"  size     {disk_bytes * mb:.1f} MB on disk, {card['raw_bytes'] * mb:.1f} MB raw "
         f"({disk_bytes / max(card['sequences'], 1) / 1024:.0f} KB per sequence)",
         "  per type and split:",

@@ -38,7 +38,7 @@ def _simulate(job: tuple[SequenceSpec, PhysicsSpec]) -> Sequence:
 
 
 def _simulated(jobs: list[tuple[SequenceSpec, PhysicsSpec]], workers: int) -> Iterator[Sequence]:
-    """Sequences in job order; simulated in `workers` processes (forkserver: MuJoCo/Zarr are not fork-safe)."""
+    """Sequences in job order, simulated in `workers` processes (forkserver: Zarr is not fork-safe)."""
     if workers <= 1:
         yield from map(_simulate, jobs)
         return
