@@ -74,8 +74,14 @@ def bench_generate(quick: bool) -> dict:
         for object_type in CATEGORIES:
             weights = [f"types.{t}.weight={1.0 if t == object_type else 0.0}" for t in CATEGORIES]
             overrides = [*weights, f"objects={n // 2}", "sequences_per_object=2", "workers=2"]
-            wall, _ = run_generate(str(ROOT / "datasets/default.yaml"), Path(tmp) / f"{object_type}.zarr", overrides)
-            results["per_type"][object_type] = {"sequences": n, "seconds": wall, "sequences_per_minute": 60 * n / wall}
+            wall, _ = run_generate(
+                str(ROOT / "datasets/default.yaml"), Path(tmp) / f"{object_type}.zarr", overrides
+            )
+            results["per_type"][object_type] = {
+                "sequences": n,
+                "seconds": wall,
+                "sequences_per_minute": 60 * n / wall,
+            }
             print(f"generate {object_type}: {60 * n / wall:.1f} sequences/min")
         if not quick:
             out = Path(tmp) / "default.zarr"
@@ -173,8 +179,11 @@ def to_markdown(results: dict) -> str:
         ]
         if "default" in g:
             d = g["default"]
-            lines += ["", f"datasets/default.yaml: {d['sequences']} sequences in {d['seconds']:.0f} s, "
-                      f"peak memory {d['peak_memory_gb']:.2f} GB (targets: < 600 s, < 4 GB)"]
+            lines += [
+                "",
+                f"datasets/default.yaml: {d['sequences']} sequences in {d['seconds']:.0f} s, "
+                f"peak memory {d['peak_memory_gb']:.2f} GB (targets: < 600 s, < 4 GB)",
+            ]
     if "store" in results:
         s = results["store"]
         lines += ["", "| store metric | value |", "|---|---|"]
@@ -197,7 +206,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if source is None:
                 source = Path(tmp) / "bench.zarr"
-                run_generate(str(ROOT / "datasets/default.yaml"), source, [] if not args.quick else ["objects=8"])
+                run_generate(
+                    str(ROOT / "datasets/default.yaml"), source, [] if not args.quick else ["objects=8"]
+                )
             results["store"] = bench_store(source)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "data.json").write_text(json.dumps(results, indent=2))

@@ -223,25 +223,14 @@ class StoreWriter:
 
     def write_shard(self, shard_id: int, sequences: list[Sequence]) -> dict:
         """Write one loader shard (all its arrays, then its commit record) and refresh the index."""
-        if not sequences:
-            raise StoreError(f"{self.path}: loader shard {shard_id} would be empty")
-        arrays, records = _pack(sequences)
-        commit = {
-            "sha256": content_hash(arrays, records),
-            "n_sequences": len(records),
-            "nbytes": int(sum(a.nbytes for a in arrays.values())),
-            "sequences": records,
-        }
-        name = shard_name(shard_id)
-        if name in self.root:  # a half-written shard from an interrupted run
-            del self.root[name]
-        group = self.root.create_group(name)
-        for key, data in arrays.items():
-            _write_array(group, key, data, self.layout)
-        group.attrs["commit"] = commit  # last: its presence marks the shard complete
+        commit = write_shard(self.root, shard_id, sequences, self.layout)
+        self.record(shard_id, commit)
+        return commit
+
+    def record(self, shard_id: int, commit: dict) -> None:
+        """Index a shard that was written (possibly by another process) with `write_shard`."""
         self._commits[shard_id] = commit
         self.finalize()
-        return commit
 
     def finalize(self, card: dict | None = None) -> None:
         """Rebuild the root tables and manifest from the commit records (cheap: S rows)."""
@@ -293,6 +282,35 @@ class StoreWriter:
         if card is not None:
             attrs["card"] = card
         self.root.attrs.update(attrs)
+
+
+def write_shard(
+    root: zarr.Group | str, shard_id: int, sequences: list[Sequence], layout: StoreLayout
+) -> dict:
+    """Write one loader shard's arrays, then its commit record; returns the commit.
+
+    Safe from any process that owns this shard (e.g. a Ray task): it touches only the shard's own files.
+    The store's writer then `record`s the commit into the index.
+    """
+    if isinstance(root, str):
+        root = _open_root(root, "r+")
+    if not sequences:
+        raise StoreError(f"{root.store}: loader shard {shard_id} would be empty")
+    arrays, records = _pack(sequences)
+    commit = {
+        "sha256": content_hash(arrays, records),
+        "n_sequences": len(records),
+        "nbytes": int(sum(a.nbytes for a in arrays.values())),
+        "sequences": records,
+    }
+    name = shard_name(shard_id)
+    if name in root:  # a half-written shard from an interrupted run
+        del root[name]
+    group = root.create_group(name)
+    for key, data in arrays.items():
+        _write_array(group, key, data, layout)
+    group.attrs["commit"] = commit  # last: its presence marks the shard complete
+    return commit
 
 
 def _store_exists(path: str) -> bool:

@@ -1,0 +1,83 @@
+"""Where a recipe's sequences are simulated: a local process pool, or Ray tasks on a cluster.
+
+Both yield `(shard_id, commit)` as loader shards complete; the store's single writer indexes them. The
+bytes are the same either way: a sequence depends only on its spec, never on where it ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+from collections.abc import Iterator
+
+from neurok.data.generate.recipe import PhysicsSpec, SequenceSpec
+from neurok.data.generate.scenes import simulate
+from neurok.data.store import StoreLayout, write_shard
+from neurok.errors import NeurokError
+
+log = logging.getLogger(__name__)
+
+Shards = dict[int, list[SequenceSpec]]
+
+
+def _simulate(job: tuple[SequenceSpec, PhysicsSpec]):
+    return simulate(*job)
+
+
+def process_pool(
+    path: str, shards: Shards, physics: PhysicsSpec, layout: StoreLayout, workers: int
+) -> Iterator:
+    """Simulate sequence by sequence in `workers` processes; this process writes each completed shard.
+
+    Per-sequence jobs balance the load even with few shards. forkserver: Zarr and fsspec are not
+    fork-safe.
+    """
+    jobs = [(spec, physics) for block in shards.values() for spec in block]
+    if workers <= 1:
+        sequences = map(_simulate, jobs)
+        yield from _write_in_order(path, shards, sequences, layout)
+        return
+    with mp.get_context("forkserver").Pool(workers) as pool:
+        yield from _write_in_order(path, shards, pool.imap(_simulate, jobs, chunksize=1), layout)
+
+
+def _write_in_order(path: str, shards: Shards, sequences: Iterator, layout: StoreLayout) -> Iterator:
+    for shard_id, block in shards.items():
+        done = [next(sequences) for _ in block]
+        yield shard_id, write_shard(path, shard_id, done, layout)
+
+
+def ray_tasks(path: str, shards: Shards, physics: PhysicsSpec, layout: StoreLayout, workers: int) -> Iterator:
+    """One Ray task per loader shard: it simulates the shard's sequences and writes the shard's files.
+
+    Connects to RAY_ADDRESS when set, else starts a local Ray with `workers` CPUs (and stops it after).
+    """
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, log_to_driver=False, _temp_dir=os.environ.get("RAY_TMPDIR"))
+    task = ray.remote(num_cpus=1, max_retries=2)(_shard_task)
+    try:
+        pending = {task.remote(path, k, block, physics, layout): k for k, block in shards.items()}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            shard_id = pending.pop(done[0])
+            try:
+                yield shard_id, ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.as_instanceof_cause()
+                if isinstance(cause, NeurokError):
+                    raise NeurokError(str(cause).splitlines()[-1]) from None
+                raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _shard_task(path: str, shard_id: int, specs: list[SequenceSpec], physics: PhysicsSpec, layout) -> dict:
+    return write_shard(path, shard_id, [simulate(spec, physics) for spec in specs], layout)
