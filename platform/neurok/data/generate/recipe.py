@@ -44,7 +44,7 @@ class PhysicsSpec:
 @dataclass
 class StoreSpec:
     sequences_per_shard: int = 16
-    chunk_rows: int = 65536
+    chunk_rows: int = 131072
     clevel: int = 3
 
 
