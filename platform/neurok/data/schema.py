@@ -112,6 +112,9 @@ def check_sequence(seq: Sequence) -> None:
 
     if seq.frames.ndim != 3 or seq.frames.shape[2] != 3:
         raise bad(f"frames must have shape (T, V, 3), got {seq.frames.shape}")
+    if not np.isfinite(seq.frames).all():
+        frame, vertex = np.argwhere(~np.isfinite(seq.frames).all(axis=2))[0]
+        raise bad(f"NaN/Inf at frame {frame}, vertex {vertex}")
     if seq.n_frames < 2:
         raise bad(f"needs at least 2 frames, got {seq.n_frames}")
     if seq.faces.ndim != 2 or seq.faces.shape[1] != 3 or len(seq.faces) == 0:

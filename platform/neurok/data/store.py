@@ -192,13 +192,15 @@ class StoreWriter:
 
     def _open(self) -> None:
         exists = _store_exists(self.path)
-        self.root = zarr.open_group(self.path, mode="a", zarr_format=3)
+        # file:// opens as a plain path: zarr's fsspec store on a local filesystem makes no parent folders
+        local = str(_local_path(self.path)) if _is_local(self.path) else self.path
+        self.root = zarr.open_group(local, mode="a", zarr_format=3)
         if exists and "schema_version" in self.root.attrs:
             old = self.root.attrs.get("provenance", {}).get("recipe_hash")
             new = self._new_attrs.get("provenance", {}).get("recipe_hash")
             if old and new and old != new:
                 raise StoreError(
-                    f"{self.path}: this store was written from a different recipe (hash {old[:12]} vs "
+                    f"{self.path}: this store was written from a different recipe or source (hash {old[:12]} vs "
                     f"{new[:12]}); write to a new --out path or delete the store first"
                 )
             self._commits = _read_commits(self.root)
