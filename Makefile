@@ -7,7 +7,7 @@ STAMP := .venv/.installed
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -35,3 +35,26 @@ bench: $(STAMP) ## benchmarks: JSON + markdown table under benchmarks/results/
 	$(PY) benchmarks/run.py
 
 .PHONY: help setup demo test test-full lint bench
+
+# ---- deployment (issue 7): image, Kubernetes manifests, MLflow server -------------------------
+image: $(STAMP) ## container image: variant=gpu|cpu (needs a Docker engine; linted offline by make test)
+	@tag=neurok:0.1.0-$(or $(variant),gpu); \
+	if timeout 20 docker info >/dev/null 2>&1; then \
+		docker build --build-arg VARIANT=$(or $(variant),gpu) -t $$tag . ; \
+	else \
+		echo "make image: no Docker engine reachable (docker info failed), nothing built."; \
+		echo "  Build where one runs: docker build --build-arg VARIANT=$(or $(variant),gpu) -t $$tag ."; \
+		echo "  Here the Dockerfile is checked by hadolint in tests/test_k8s.py."; \
+		exit 1; \
+	fi
+
+k8s-validate: $(STAMP) ## render every k8s/ overlay and validate it strictly (schemas + policy), offline
+	$(PY) k8s/validate.py
+
+k8s-render: $(STAMP) ## print an overlay's manifests: make k8s-render overlay=gpu | kubectl apply -f -
+	@$(PY) k8s/validate.py --render $(or $(overlay),cpu-dev)
+
+mlflow-server: $(STAMP) ## local MLflow server: db=sqlite|postgres (a real PostgreSQL on 127.0.0.1)
+	$(PY) scripts/mlflow_server.py --db $(or $(db),sqlite) --port $(or $(port),5000)
+
+.PHONY: image k8s-validate k8s-render mlflow-server
