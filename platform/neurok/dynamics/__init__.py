@@ -1,0 +1,48 @@
+"""Latent Lagrangian dynamics of decoded objects (research/neurok-paper.md s5-6).
+
+shape       LatentShape: what the dynamics need from a model (a pure decoder, mu_cond, masses)
+reduction   active subspace: reduced coordinates q, z(q) = mu_cond + A^T q
+mechanics   the Lagrangian terms: metric, Christoffel term, potential, generalized forces
+integrators implicit midpoint (symplectic, default) and RK4
+simulator   batched rollouts with energy bookkeeping and blow-up guards
+forces      persistent external forces (point forces over a window, wind with drag)
+conditions  initial boundary conditions (pokes, drags, velocity fields) -> (q0, q0')
+ik          inverse kinematics and tracking of observed point clouds
+config      typed configs (DynamicsConfig: reduction, simulator, boundary, ik)
+toys        small decoders with known structure, for tests and benchmarks
+"""
+
+from neurok.dynamics.conditions import BoundaryConditions, region_near, solve_initial_state
+from neurok.dynamics.config import (
+    BoundaryConfig,
+    DynamicsConfig,
+    IKConfig,
+    ReductionConfig,
+    SimulatorConfig,
+)
+from neurok.dynamics.forces import Forcing, PointForce
+from neurok.dynamics.ik import IKResult, fit, track
+from neurok.dynamics.reduction import active_subspace
+from neurok.dynamics.shape import LatentShape, ReducedShape
+from neurok.dynamics.simulator import Rollout, rollout
+
+__all__ = [
+    "BoundaryConditions",
+    "BoundaryConfig",
+    "DynamicsConfig",
+    "Forcing",
+    "IKConfig",
+    "IKResult",
+    "LatentShape",
+    "PointForce",
+    "ReducedShape",
+    "ReductionConfig",
+    "Rollout",
+    "SimulatorConfig",
+    "active_subspace",
+    "fit",
+    "region_near",
+    "rollout",
+    "solve_initial_state",
+    "track",
+]

@@ -1,0 +1,100 @@
+"""Typed configs of the latent dynamics (OmegaConf structured; load with neurok.config.load_config).
+
+Defaults follow research/neurok-paper.md s9.2; none of them are from the paper itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from neurok.errors import ConfigError
+
+
+class Integrator(StrEnum):
+    midpoint = "midpoint"  # implicit midpoint on (q, p): symplectic, the default (see integrators.py)
+    rk4 = "rk4"
+
+
+class Optimizer(StrEnum):
+    adam = "adam"
+    lbfgs = "lbfgs"
+
+
+class Space(StrEnum):
+    q = "q"  # reduced coordinates (the paper's IK setting)
+    z = "z"  # the full latent
+
+
+class ChamferKind(StrEnum):
+    l1 = "l1"
+    l2 = "l2"
+
+
+@dataclass
+class ReductionConfig:
+    """Active subspace of the latent (paper s5.4)."""
+
+    samples: int = 512  # z ~ N(mu_cond, I) draws for the gradient covariance
+    max_dims: int = 16  # cap on k_q
+    min_dims: int = 1
+    dims: int | None = None  # fix k_q instead of choosing it at the largest eigenvalue gap
+    seed: int = 0
+    chunk_size: int | None = 64  # decoder evaluations per vectorised batch (bounds memory)
+
+
+@dataclass
+class SimulatorConfig:
+    """Latent Lagrangian rollout (paper s5.1-5.3)."""
+
+    dt: float = 1 / 240  # s, integrator step
+    fps: float = 30.0  # output frame rate; 1 / (fps dt) must be a whole number of steps
+    frames: int = 60  # output frames after the initial one (2 s at 30 fps)
+    integrator: Integrator = Integrator.midpoint
+    midpoint_iterations: int = 20  # most fixed-point iterations of the implicit midpoint step
+    midpoint_tol: float = 1e-6  # stop iterating when dt |change of q'| < tol (latent units); float32: 1e-5
+    stiffness: float = 1.0  # kappa in V = kappa/2 |q|^2 (negative log prior in reduced coordinates)
+    damping: float = 0.0  # c in the Rayleigh force -c G q', 1/s; 0 conserves energy
+    gravity: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # m/s^2, y-up; Earth: [0, -9.81, 0]
+    eps: float = 1e-6  # metric regulariser: solve with G + eps tr(G)/k_q I
+    max_energy_error: float = 0.5  # guard: stop when |E - E0 - W| exceeds this share of (max T + |W|)
+
+    def steps_per_frame(self) -> int:
+        steps = round(1 / (self.fps * self.dt))
+        if self.dt <= 0 or steps < 1 or abs(steps * self.dt * self.fps - 1) > 1e-6:
+            raise ConfigError(
+                f"simulator: 1 / (fps * dt) must be a whole number of steps, got fps={self.fps}, dt={self.dt}"
+            )
+        return steps
+
+
+@dataclass
+class BoundaryConfig:
+    """Initial state (q0, q0') from prescribed vertex positions and velocities (paper s5.3)."""
+
+    iterations: int = 300  # Adam steps on q0 (skipped when no position is prescribed)
+    lr: float = 1e-2
+    prior_weight: float = 1e-3  # lambda/2 |q0|^2: what the region does not see stays at rest
+    ridge: float = 1e-6  # relative ridge of the least-squares velocity solve
+
+
+@dataclass
+class IKConfig:
+    """Inverse kinematics: fit a latent to an observed point cloud (paper s6)."""
+
+    space: Space = Space.q
+    optimizer: Optimizer = Optimizer.adam
+    iterations: int = 500
+    lr: float = 1e-2  # Adam's step (decayed by a cosine schedule), or L-BFGS's first step (1 is usual)
+    loss: ChamferKind = ChamferKind.l1
+    prior_weight: float = 1e-4  # lambda/2 |q|^2, the negative log prior
+    track_iterations: int = 100  # per frame after the first, warm-started
+    smoothness: float = 1.0  # weight of |q_t - (2 q_{t-1} - q_{t-2})|^2, i.e. of latent acceleration
+
+
+@dataclass
+class DynamicsConfig:
+    reduction: ReductionConfig = field(default_factory=ReductionConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
+    ik: IKConfig = field(default_factory=IKConfig)

@@ -1,0 +1,161 @@
+"""The Lagrangian of a decoded object in reduced coordinates q (research/neurok-paper.md s5.1, s9.2).
+
+    x(q) = D(mu_cond + A^T q)               decoded vertices, (V, 3)
+    T = 1/2 q'^T G q',  G = J^T M J         kinetic energy and metric, J = dx/dq, M = vertex masses
+    V = kappa/2 |q|^2 - sum_v m_v g . x_v   negative log prior (restoring) + gravity (y-up g)
+    G q'' = Q - C - dV/dq                   Euler-Lagrange equations
+    C = J^T M D^2x[q', q']                  Christoffel (Coriolis and centrifugal) term, = G' q' - dT/dq
+    Q = J^T f_ext - c G q'                  external generalized forces and Rayleigh damping
+
+The functions are for one object and one state; `System` vectorises them over a batch with vmap.
+J comes from k_q forward-mode JVPs (jacfwd), C from one JVP nested in a JVP; the Hamiltonian form's
+dT/dq (see integrators.py) from one reverse pass over a JVP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch.func import grad, jacfwd, jvp, vmap
+
+from neurok.dynamics.forces import Forcing, vertex_forces
+from neurok.dynamics.shape import ReducedShape
+
+Position = Callable[[torch.Tensor], torch.Tensor]  # q (k_q,) -> x (V, 3)
+
+
+class Physics(NamedTuple):
+    stiffness: float  # kappa
+    damping: float  # c, 1/s
+    gravity: torch.Tensor  # (3,) m/s^2
+    eps: float  # relative regulariser of the metric solve
+
+
+def jacobian(position: Position, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (V, 3) and J = dx/dq (V, 3, k_q)."""
+
+    def x_twice(q: torch.Tensor):  # the second copy comes back as jacfwd's aux: the value itself
+        x = position(q)
+        return x, x
+
+    J, x = jacfwd(x_twice, has_aux=True)(q)
+    return x, J
+
+
+def curvature(position: Position, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """D^2x[v, v] (V, 3): the vertices' acceleration at constant q' = v, by a JVP nested in a JVP."""
+    return jvp(lambda q: jvp(position, (q,), (v,))[1], (q,), (v,))[1]
+
+
+def kinetic_gradient(
+    position: Position, masses: torch.Tensor, q: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """dT/dq at fixed q' = v (k_q,): reverse mode over one JVP, as cheap as a few decodes whatever k_q."""
+    return grad(lambda q: 0.5 * torch.einsum("v,vi->", masses, jvp(position, (q,), (v,))[1].square()))(q)
+
+
+def metric(J: torch.Tensor, masses: torch.Tensor) -> torch.Tensor:
+    """G = J^T M J (k_q, k_q)."""
+    return torch.einsum("vik,v,vil->kl", J, masses, J)
+
+
+def solve_metric(G: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """(G + eps tr(G)/k_q I)^-1 b by Cholesky.
+
+    The relative ridge keeps the solve defined where the decoder barely moves along some q; the `tiny`
+    floor keeps it defined for G = 0 (nothing prescribed), where a zero right-hand side gives zero.
+    """
+    k = G.shape[-1]
+    ridge = eps * G.diagonal(dim1=-2, dim2=-1).sum(-1) / k + torch.finfo(G.dtype).tiny
+    eye = torch.eye(k, dtype=G.dtype, device=G.device)
+    L = torch.linalg.cholesky(G + ridge[..., None, None] * eye)
+    return torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
+
+
+def potential(physics: Physics, masses: torch.Tensor, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * physics.stiffness * q.square().sum() - torch.einsum("v,vi,i->", masses, x, physics.gravity)
+
+
+class Terms(NamedTuple):
+    """The first-order terms of the equations of motion at one state (q, v = q'), for one object."""
+
+    J: torch.Tensor  # (V, 3, k_q)
+    G: torch.Tensor  # (k_q, k_q) metric
+    grad_V: torch.Tensor  # (k_q,) dV/dq
+    Q: torch.Tensor  # (k_q,) non-conservative generalized force: external and damping
+
+
+def terms(
+    position: Position,
+    masses: torch.Tensor,
+    physics: Physics,
+    forcing: Forcing,
+    q: torch.Tensor,
+    v: torch.Tensor,
+    t: float,
+) -> Terms:
+    x, J = jacobian(position, q)
+    G = metric(J, masses)
+    grad_V = physics.stiffness * q - torch.einsum("vik,v,i->k", J, masses, physics.gravity)
+    f = vertex_forces(forcing, masses, t, torch.einsum("vik,k->vi", J, v))
+    Q = torch.einsum("vik,vi->k", J, f) - physics.damping * G @ v
+    return Terms(J, G, grad_V, Q)
+
+
+def coriolis(
+    position: Position, masses: torch.Tensor, J: torch.Tensor, q: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """C = J^T M D^2x[v, v] (k_q,), the Christoffel term: G' v - dT/dq."""
+    return torch.einsum("vik,v,vi->k", J, masses, curvature(position, q, v))
+
+
+def matvec(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A x over leading batch dimensions."""
+    return (A @ x.unsqueeze(-1)).squeeze(-1)
+
+
+class System:
+    """The mechanics of a batch of rollouts: the per-object functions above, vectorised with vmap.
+
+    The batch is many states of one object, or a stack of objects with one state each.
+    """
+
+    def __init__(self, shape: ReducedShape, physics: Physics, forcing: Forcing):
+        self.physics, self.forcing, self.tensors = physics, forcing, shape.tensors
+        position, dims = shape.position_fn, shape.in_dims
+        self._jacobian = vmap(lambda q, s: jacobian(position(s), q), in_dims=(0, dims))
+        self._metric = vmap(lambda J, s: metric(J, s.masses), in_dims=(0, dims))
+        self._potential = vmap(lambda q, x, s: potential(physics, s.masses, q, x), in_dims=(0, 0, dims))
+        self._terms = vmap(
+            lambda q, v, t, s, f: terms(position(s), s.masses, physics, f, q, v, t),
+            in_dims=(0, 0, None, dims, 0),
+        )
+        self._kinetic_gradient = vmap(
+            lambda q, v, s: kinetic_gradient(position(s), s.masses, q, v), in_dims=(0, 0, dims)
+        )
+        self._coriolis = vmap(
+            lambda J, q, v, s: coriolis(position(s), s.masses, J, q, v), in_dims=(0, 0, 0, dims)
+        )
+
+    def jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._jacobian(q, self.tensors)
+
+    def metric(self, J: torch.Tensor) -> torch.Tensor:
+        return self._metric(J, self.tensors)
+
+    def potential(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self._potential(q, x, self.tensors)
+
+    def terms(self, q: torch.Tensor, v: torch.Tensor, t: float) -> Terms:
+        return self._terms(q, v, t, self.tensors, self.forcing)
+
+    def kinetic_gradient(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self._kinetic_gradient(q, v, self.tensors)
+
+    def coriolis(self, J: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self._coriolis(J, q, v, self.tensors)
+
+    def solve(self, G: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return solve_metric(G, b, self.physics.eps)

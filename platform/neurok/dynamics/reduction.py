@@ -1,0 +1,65 @@
+"""Model reduction by the active-subspace method (research/neurok-paper.md s5.4, s9.2).
+
+Per object: g(z) = |D(z) - rest|, the size of the decoded deformation; C = E[grad g grad g^T] over the
+prior z ~ N(mu_cond, I) is estimated from samples; C = W Lambda W^T, A = W[:, :k_q]^T, and the
+simulation and IK run in q with z(q) = mu_cond + A^T q. The rows of A are the latent directions that
+change the deformation most.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import grad_and_value, vmap
+
+from neurok.dynamics.config import ReductionConfig
+from neurok.dynamics.shape import LatentShape, ReducedShape
+from neurok.errors import ConfigError
+
+
+def gradient_covariance(shape: LatentShape, cfg: ReductionConfig) -> torch.Tensor:
+    """C = 1/N sum grad g grad g^T (k, k) for one object, deterministic from cfg.seed."""
+    mu = shape.mu_cond
+    generator = torch.Generator(device=mu.device).manual_seed(cfg.seed)
+    z = mu + torch.randn(cfg.samples, mu.shape[0], generator=generator, dtype=mu.dtype, device=mu.device)
+
+    def half_squared_norm(z: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (shape.decode(z) - shape.rest).square().sum()
+
+    # grad |d| = grad(|d|^2 / 2) / |d|; the floor keeps a sample with no deformation at zero, not NaN.
+    grads, half_sq = vmap(grad_and_value(half_squared_norm), chunk_size=cfg.chunk_size)(z)
+    grads = grads / (2 * half_sq).sqrt().clamp_min(torch.finfo(mu.dtype).tiny)[:, None]
+    return grads.T @ grads / cfg.samples
+
+
+def choose_dims(eigenvalues: torch.Tensor, cfg: ReductionConfig) -> int:
+    """k_q at the largest gap of log eigenvalues (descending), between cfg.min_dims and cfg.max_dims."""
+    k = eigenvalues.shape[0]
+    if cfg.dims is not None:
+        if not 1 <= cfg.dims <= k:
+            raise ConfigError(f"reduction.dims must be in 1..{k} (the latent size), got {cfg.dims}")
+        return cfg.dims
+    top = min(cfg.max_dims, k - 1)
+    if not 1 <= cfg.min_dims <= top:
+        raise ConfigError(
+            f"reduction: need 1 <= min_dims <= min(max_dims, k - 1) = {top}, got {cfg.min_dims}"
+        )
+    log = eigenvalues.clamp_min(eigenvalues[0] * torch.finfo(eigenvalues.dtype).eps).log()
+    gaps = log[:-1] - log[1:]  # gaps[i]: between the (i+1)-th and (i+2)-th largest
+    return cfg.min_dims + int(gaps[cfg.min_dims - 1 : top].argmax())
+
+
+def active_subspace(shape: LatentShape, cfg: ReductionConfig) -> ReducedShape:
+    """The reduced shape of one object, or of a stack of objects; a stack shares the largest k_q chosen
+    for its objects, so it can be simulated as one batch."""
+    objects = [shape] if shape.batch_size is None else [shape[i] for i in range(shape.batch_size)]
+    with torch.no_grad():
+        eigenvalues, eigenvectors = zip(
+            *(torch.linalg.eigh(gradient_covariance(o, cfg)) for o in objects), strict=True
+        )
+    eigenvalues = torch.stack(eigenvalues).flip(-1)  # descending
+    eigenvectors = torch.stack(eigenvectors).flip(-1)
+    dims = max(choose_dims(lam, cfg) for lam in eigenvalues)
+    basis = eigenvectors[..., :dims].transpose(-1, -2)  # A: rows are the leading eigenvectors
+    if shape.batch_size is None:
+        return ReducedShape(shape, basis[0], eigenvalues[0])
+    return ReducedShape(shape, basis, eigenvalues)
