@@ -1,6 +1,7 @@
 """`make bench`: data-stage benchmarks. Writes benchmarks/results/data.json and data.md.
 
-- generation: sequences per minute per object type with 2 processes, and the default recipe end to end
+- generation: sequences per minute per object type with 2 processes; the process pool against Ray
+  tasks with 1 and 2 workers (wall time including Ray start-up); and the default recipe end to end
   (wall time and peak memory of the process tree);
 - store: write and read throughput (MB/s of raw array bytes) against reading the same shard files and
   decompressing their chunks directly (the limit), bytes per sequence, and the store's size against its
@@ -83,6 +84,16 @@ def bench_generate(quick: bool) -> dict:
                 "sequences_per_minute": 60 * n / wall,
             }
             print(f"generate {object_type}: {60 * n / wall:.1f} sequences/min")
+        scaling = {}
+        for executor, workers in (("process", 1), ("process", 2), ("ray", 1), ("ray", 2)):
+            overrides = [f"objects={n}", "sequences_per_object=2", "store.sequences_per_shard=4"]
+            overrides += [f"executor={executor}", f"workers={workers}"]
+            out = Path(tmp) / f"{executor}{workers}.zarr"
+            wall, _ = run_generate(str(ROOT / "datasets/default.yaml"), out, overrides)
+            scaling[f"{executor} x{workers}"] = 60 * 2 * n / wall
+            print(f"generate {executor} x{workers}: {60 * 2 * n / wall:.1f} sequences/min")
+        scaling["ray 2 vs 1"] = scaling["ray x2"] / scaling["ray x1"]
+        results["executors_sequences_per_minute"] = scaling
         if not quick:
             out = Path(tmp) / "default.zarr"
             wall, peak = run_generate(str(ROOT / "datasets/default.yaml"), out, [])
@@ -188,6 +199,8 @@ def to_markdown(results: dict) -> str:
                 f"datasets/default.yaml: {d['sequences']} sequences in {d['seconds']:.0f} s, "
                 f"peak memory {d['peak_memory_gb']:.2f} GB (targets: < 600 s, < 4 GB)",
             ]
+        lines += ["", "| executor | sequences/min |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in g["executors_sequences_per_minute"].items()]
     if "store" in results:
         s = results["store"]
         lines += ["", "| store metric | value |", "|---|---|"]
