@@ -24,6 +24,8 @@ class PhysicsSpec:
     gravity: list[float] = field(default_factory=lambda: [0.0, -9.81, 0.0])  # m/s^2, y-up
     gravity_tilt_deg: float = 0.0  # random tilt of the gravity direction
     youngs_modulus: list[float] = field(default_factory=lambda: [3e3, 3e4])  # Pa, log-uniform
+    # Pa, log-uniform: cloth (0.2 mm thick) and shells (1 mm thick), far stiffer than the solids' range
+    cloth_youngs_modulus: list[float] = field(default_factory=lambda: [5e6, 5e7])
     poisson_ratio: list[float] = field(default_factory=lambda: [0.2, 0.45])
     damping: list[float] = field(default_factory=lambda: [0.0, 0.02])
     density: list[float] = field(default_factory=lambda: [200.0, 1200.0])  # kg/m^3
