@@ -17,10 +17,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install the project with its dev extra
 
-demo: $(STAMP) ## generate the default dataset and print its card
+demo: $(STAMP) ## generate the default dataset, check it, train the base model on it (tracked in MLflow)
 	$(NEUROK) data generate datasets/default.yaml --out datasets/out/default.zarr
 	$(NEUROK) data validate datasets/out/default.zarr
 	$(NEUROK) data inspect datasets/out/default.zarr
+	$(NEUROK) train pipelines/train.yaml data.store=datasets/out/default.zarr
+
+train: $(STAMP) ## train in one process: make train args="preset=tiny trainer.max_steps=100"
+	$(NEUROK) train pipelines/train.yaml $(args)
+
+mlflow-ui: $(STAMP) ## browse the local runs (outputs/mlflow.db) at http://127.0.0.1:5000
+	.venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
 
 test: $(STAMP) ## fast test suite (what CI runs)
 	$(PY) -m pytest -q
@@ -34,7 +41,7 @@ lint: $(STAMP) ## ruff
 bench: $(STAMP) ## benchmarks: JSON + markdown table under benchmarks/results/
 	$(PY) benchmarks/run.py
 
-.PHONY: help setup demo test test-full lint bench
+.PHONY: help setup demo train mlflow-ui test test-full lint bench
 
 # ---- deployment (issue 7): image, Kubernetes manifests, MLflow server -------------------------
 image: $(STAMP) ## container image: variant=gpu|cpu (needs a Docker engine; linted offline by make test)

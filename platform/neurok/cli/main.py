@@ -9,7 +9,7 @@ import sys
 from neurok.errors import NeurokError
 
 # Each module exposes register(subparsers); a command's handler is set as `func` on its parser.
-GROUPS = ("neurok.cli.data",)
+GROUPS = ("neurok.cli.data", "neurok.cli.train")
 
 
 def build_parser() -> argparse.ArgumentParser:

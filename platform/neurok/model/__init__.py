@@ -1,0 +1,15 @@
+"""The NeuROK conditional VAE: Perceiver-style encoders and a decoder of per-point deformation."""
+
+from neurok.model.config import ModelConfig
+from neurok.model.cvae import NeuROK, drive_vertices
+from neurok.model.losses import chamfer, cvae_loss, kl_divergence, reconstruction_metrics
+
+__all__ = [
+    "ModelConfig",
+    "NeuROK",
+    "chamfer",
+    "cvae_loss",
+    "drive_vertices",
+    "kl_divergence",
+    "reconstruction_metrics",
+]

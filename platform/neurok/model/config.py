@@ -1,0 +1,22 @@
+"""The model's hyper-parameters. Defaults follow neurok-paper.md s9.2 where the paper is silent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    width: int = 512  # transformer width of all three networks
+    heads: int = 8
+    tokens: int = 64  # M learnable latent tokens
+    latent_dim: int = 8  # d per token; the latent has k = M * d dimensions
+    encoder_depth: int = 8  # self-attention layers after each encoder's cross-attention read
+    decoder_depth: int = 8  # self-attention layers over [shape tokens, z tokens] before the query read
+    frequencies: int = 8  # Fourier embedding: 2^i * pi, i < frequencies, per axis
+    ff_mult: int = 4  # GEGLU hidden width = ff_mult * width
+    k_drive: int = 8  # mesh vertices follow the mean deformation of their K nearest query points
+    kl_weight: float = 0.01  # lambda of the paper's loss
+    field_points: int = 4096  # the reconstruction term is scaled as a sum over this many points (see losses)
+    dual_quaternion: bool = False  # E_vae also reads per-point dual quaternions of the local motion
+    fused_attention: bool = True  # encoders use fused SDPA; the decoder never does (torch.func, traps.md 1)

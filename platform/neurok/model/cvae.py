@@ -1,0 +1,109 @@
+"""NeuROK's conditional VAE (paper s2): prior encoder E_cond, deformation encoder E_vae, decoder D.
+
+    E_cond(M0)             -> shape tokens, mu_cond        prior p(z | M0) = N(mu_cond, I)
+    E_vae(M0, deformation) -> mu, logvar                   posterior q(z | phi, M0)
+    D(z, M0, queries)      -> per-query deformation        M0 enters as E_cond's shape tokens
+
+`decode` is a pure function of its inputs (no randomness, no in-place updates, explicit-softmax attention)
+so torch.func.jvp / jacfwd can differentiate it with respect to z.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neurok.model.config import ModelConfig
+from neurok.model.layers import Block, FourierEmbedding
+from neurok.model.perceiver import PerceiverEncoder
+
+DQ_FEATURES = 8
+
+
+class Decoder(nn.Module):
+    """Self-attention over [shape tokens, lifted z tokens], then the embedded queries read them."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.lift = nn.Linear(cfg.latent_dim, cfg.width)  # project z tokens to the width (s9.2)
+        self.layers = nn.ModuleList(
+            Block(cfg.width, cfg.heads, cfg.ff_mult, fused=False) for _ in range(cfg.decoder_depth)
+        )
+        self.query_embed = FourierEmbedding(cfg.frequencies, cfg.width)
+        # The queries read the tokens with one cross-attention and no feed-forward, as 3DShape2VecSet's
+        # decoder does: per-query compute is what a dense query set pays for. The MLP head is ours.
+        self.read = Block(cfg.width, cfg.heads, 0, cross=True, fused=False)
+        self.head = nn.Sequential(
+            nn.LayerNorm(cfg.width), nn.Linear(cfg.width, cfg.width), nn.GELU(), nn.Linear(cfg.width, 3)
+        )
+        nn.init.zeros_(self.head[-1].weight)  # ours: start from "no deformation"
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, z: torch.Tensor, shape_tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([shape_tokens, self.lift(z)], dim=1)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(self.read(self.query_embed(queries), x))
+
+
+class NeuROK(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.cond_encoder = PerceiverEncoder(cfg)  # E_cond
+        self.prior_head = nn.Linear(cfg.width, cfg.latent_dim)
+        self.vae_encoder = PerceiverEncoder(
+            cfg, extra=3 + (DQ_FEATURES if cfg.dual_quaternion else 0)
+        )  # E_vae
+        self.posterior_head = nn.Linear(cfg.width, 2 * cfg.latent_dim)
+        self.decoder = Decoder(cfg)  # D
+
+    def encode_shape(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """E_cond: M0's surface points (B, P, 3) -> shape tokens (B, M, width), mu_cond (B, M, d)."""
+        tokens = self.cond_encoder(points)
+        return tokens, self.prior_head(tokens)
+
+    def encode_deformation(
+        self, points: torch.Tensor, displacement: torch.Tensor, dual_quaternion: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """E_vae: M0's points and the deformation at them -> posterior mean and log-variance (B, M, d)."""
+        features = displacement if dual_quaternion is None else torch.cat([displacement, dual_quaternion], -1)
+        mu, logvar = self.posterior_head(self.vae_encoder(points, features)).chunk(2, dim=-1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor, shape_tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """D: latent (B, M, d), shape tokens, query points (B, Q, 3) -> deformation per query (B, Q, 3)."""
+        return self.decoder(z, shape_tokens, queries)
+
+    def forward(self, batch: dict[str, torch.Tensor], sample: bool = True) -> dict[str, torch.Tensor]:
+        """One CVAE pass on a batch: posterior sample (or its mean) decoded at the batch's queries."""
+        shape_tokens, mu_cond = self.encode_shape(batch["points"])
+        dq = batch.get("dual_quaternion") if self.cfg.dual_quaternion else None
+        mu, logvar = self.encode_deformation(batch["points"], batch["displacement"], dq)
+        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu) if sample else mu
+        return {
+            "deformation": self.decode(z, shape_tokens, batch["queries"]),
+            "mu": mu,
+            "logvar": logvar,
+            "mu_cond": mu_cond,
+            "z": z,
+            "shape_tokens": shape_tokens,
+        }
+
+
+def drive_vertices(
+    vertices: torch.Tensor, queries: torch.Tensor, deformation: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Deformation of mesh vertices (B, V, 3): the mean over their K nearest query points (uniform)."""
+    k = min(k, queries.shape[1])
+    nearest = (
+        torch.cdist(vertices, queries, compute_mode="donot_use_mm_for_euclid_dist")
+        .topk(k, dim=-1, largest=False)
+        .indices
+    )  # (B, V, K)
+    picked = torch.gather(
+        deformation.unsqueeze(1).expand(-1, vertices.shape[1], -1, -1),
+        2,
+        nearest.unsqueeze(-1).expand(-1, -1, -1, deformation.shape[-1]),
+    )
+    return picked.mean(dim=2)

@@ -1,0 +1,1 @@
+"""Training: the LightningModule every launcher uses, its config, and the local (one-process) launcher."""

@@ -1,0 +1,83 @@
+"""The LightningModule every launcher trains: the CVAE loss, validation metrics, AdamW with warmup + cosine,
+and the global RNG state in checkpoints (the posterior sample is the only random draw of a step)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import lightning.pytorch as pl
+import torch
+
+from neurok.model import ModelConfig, NeuROK, cvae_loss, reconstruction_metrics
+from neurok.train.config import OptimConfig
+
+
+def warmup_cosine(step: int, warmup: int, total: int, final: float) -> float:
+    """LR multiplier: linear warmup to 1, then cosine down to `final` at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class NeurokModule(pl.LightningModule):
+    def __init__(self, model: dict, optim: dict, max_steps: int):
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # plain dicts: checkpoints load with weights_only=True
+        self.model = NeuROK(ModelConfig(**model))
+        self.optim = OptimConfig(**optim)
+        self.max_steps = max_steps
+
+    @classmethod
+    def from_configs(cls, model: ModelConfig, optim: OptimConfig, max_steps: int) -> NeurokModule:
+        return cls(asdict(model), asdict(optim), max_steps)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = cvae_loss(self.model(batch), batch, self.model.cfg.kl_weight, self.model.cfg.field_points)
+        self.log("train/loss", losses["loss"], prog_bar=True)
+        self.log("train/loss_epoch", losses["loss"], on_step=False, on_epoch=True)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
+        return losses["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.model(batch, sample=False)  # the posterior mean: deterministic reconstruction
+        cfg = self.model.cfg
+        values = cvae_loss(out, batch, cfg.kl_weight, cfg.field_points) | reconstruction_metrics(
+            out, batch, cfg.k_drive
+        )
+        size = batch["points"].shape[0]
+        self.log("val/loss", values.pop("loss"), prog_bar=True, sync_dist=True, batch_size=size)
+        self.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True, batch_size=size)
+
+    def configure_optimizers(self):
+        named = list(self.named_parameters())
+        decay = [p for name, p in named if p.ndim >= 2 and not name.endswith("tokens")]
+        rest = [p for name, p in named if not (p.ndim >= 2 and not name.endswith("tokens"))]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.optim.weight_decay},
+                {"params": rest, "weight_decay": 0.0},
+            ],
+            lr=self.optim.lr,
+            betas=tuple(self.optim.betas),
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(
+                step, self.optim.warmup_steps, self.max_steps, self.optim.final_lr_ratio
+            ),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
