@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 
 from neurok.data.schema import Sequence
@@ -29,6 +30,15 @@ def wobbling_sphere(
         split=split,
         conditions={"frame_dt": 1 / 30, "gravity_y": -9.81},
     )
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small forward-mode ops run ~50x slower with two OpenMP threads on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -26,13 +26,7 @@ from neurok.errors import BadInputError, ConfigError, NeurokError
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a busy 2-core machine make small forward-mode ops ~50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def oscillator(shape: ReducedShape, stiffness: float, q0: torch.Tensor, v0: torch.Tensor, t: torch.Tensor):

@@ -12,12 +12,7 @@ from neurok.errors import ConfigError
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def two_active_directions(rest: torch.Tensor, seed: int = 0):
