@@ -1,0 +1,167 @@
+"""Loader and training throughput: writes benchmarks/results/train.json and train.md.
+
+- loader: samples/s of the WebDataset pipeline (2 workers) against (a) reading + decompressing the same
+  shards (the limit, in samples/s at the loader's pairs per sequence) and (b) a map-style Dataset that
+  reads each sample's sequence by random access;
+- training: step time and samples/s of `tiny` and `base`, their FLOPs per step, and MFU against the fp32
+  matmul peak measured in the same run.
+
+Usage: python benchmarks/train.py [STORE]   (default datasets/out/default.zarr, made by `make demo`)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from neurok.data.loader import FramePairStream, PairSpec, collate, make_loader
+from neurok.data.store import SHARD_ARRAYS, Store, shard_name
+from neurok.model import NeuROK, cvae_loss
+from neurok.train.config import load_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+class RandomAccessPairs(Dataset):
+    """The baseline: every sample reads its own sequence (partial zarr reads), in any order."""
+
+    def __init__(self, stream: FramePairStream, sequences: list[int]):
+        self.stream, self.sequences = stream, sequences
+
+    def __len__(self) -> int:
+        return len(self.sequences) * self.stream.cfg.pairs_per_sequence
+
+    def __getitem__(self, i: int) -> dict:
+        store = self.stream.store
+        s = self.sequences[i // self.stream.cfg.pairs_per_sequence]
+        shard = shard_name(int(store.column("shard")[s]))
+        arrays = {key: store.root[f"{shard}/{key}"] for key in SHARD_ARRAYS}  # zarr: slicing reads
+        rng = np.random.default_rng(i)
+        rest, target = (int(f) for f in rng.choice(int(store.column("n_frames")[s]), 2, replace=False))
+        return self.stream.make_sample(PairSpec(s, rest, target, arrays), rng)
+
+
+def loader_rates(store_path: str, seconds: float = 20.0) -> dict:
+    cfg = load_train_config(ROOT / "pipelines/train.yaml", ["preset=base", f"data.store={store_path}"]).data
+    store = Store(store_path)
+    start = time.perf_counter()
+    for shard in store.shards:
+        store.read_shard_arrays(shard["id"])
+    limit = len(store) * cfg.pairs_per_sequence / (time.perf_counter() - start)
+
+    def rate(batches) -> float:
+        it = iter(batches)
+        next(it)  # worker start-up excluded
+        n, start = 0, time.perf_counter()
+        for batch in it:
+            n += len(batch["sequence"])
+            if time.perf_counter() - start > seconds:
+                break
+        return n / (time.perf_counter() - start)
+
+    loader = make_loader(cfg, store=store)
+    pipeline = rate(loader)
+    train = [int(s) for s in (store.column("split") == 0).nonzero()[0]]
+    random_access = RandomAccessPairs(loader.stream, train)
+    order = torch.randperm(len(random_access), generator=torch.Generator().manual_seed(0)).tolist()
+    mapped = rate(
+        DataLoader(
+            torch.utils.data.Subset(random_access, order),
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            collate_fn=collate,
+            multiprocessing_context="forkserver",
+        )
+    )
+    return {
+        "workers": cfg.num_workers,
+        "pipeline_samples_per_s": pipeline,
+        "raw_read_decompress_samples_per_s": limit,
+        "map_style_random_access_samples_per_s": mapped,
+        "pipeline_vs_raw": pipeline / limit,
+        "pipeline_vs_map_style": pipeline / mapped,
+    }
+
+
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def training_rate(preset: str, store_path: str, steps: int = 12) -> dict:
+    cfg = load_train_config(
+        ROOT / "pipelines/train.yaml", [f"preset={preset}", f"data.store={store_path}", "data.num_workers=0"]
+    )
+    torch.manual_seed(0)
+    batches = [b for _, b in zip(range(4), make_loader(cfg.data), strict=False)]
+    model = NeuROK(cfg.model)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(batch) -> None:
+        loss = cvae_loss(model(batch), batch, cfg.model.kl_weight, cfg.model.field_points)["loss"]
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step(batches[0])
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        step(batches[i % len(batches)])
+        times.append(time.perf_counter() - start)
+    step_s = sorted(times)[len(times) // 4]  # a low quantile: other jobs may share these cores
+    peak = max(matmul_peak() for _ in range(3))
+    flops = counter.get_total_flops()
+    return {
+        "threads": torch.get_num_threads(),
+        "batch_size": cfg.data.batch_size,
+        "step_ms": step_s * 1e3,
+        "samples_per_s": cfg.data.batch_size / step_s,
+        "gflop_per_step": flops / 1e9,
+        "gflop_per_s": flops / step_s / 1e9,
+        "fp32_matmul_peak_gflop_per_s": peak / 1e9,
+        "mfu": flops / step_s / peak,
+    }
+
+
+def main() -> None:
+    store = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "datasets/out/default.zarr")
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+        "loader": loader_rates(store),
+        "training": {preset: training_rate(preset, store) for preset in ("tiny", "base")},
+    }
+    results["loader"]["pipeline_vs_base_consumption"] = (
+        results["loader"]["pipeline_samples_per_s"] / results["training"]["base"]["samples_per_s"]
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "train.json").write_text(json.dumps(results, indent=2))
+    lines = [f"# Loader and training ({results['machine']}, {results['date']})", "", "| metric | value |"]
+    lines.append("|---|---|")
+    lines += [f"| loader {k} | {v:.2f} |" for k, v in results["loader"].items()]
+    for preset, r in results["training"].items():
+        lines += [f"| {preset} {k} | {v:.3g} |" for k, v in r.items()]
+    lines += ["", "targets: pipeline_vs_raw >= 0.9, pipeline_vs_map_style >= 3, vs base consumption >= 5,"]
+    lines += ["base MFU >= 50% of the fp32 matmul peak"]
+    (RESULTS / "train.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
