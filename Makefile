@@ -17,11 +17,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install the project with its dev extra
 
-demo: $(STAMP) ## generate the default dataset, check it, train the base model on it (tracked in MLflow)
+demo: $(STAMP) ## generate the default dataset, check it, train the base model on it, evaluate it (table, video, viewer)
 	$(NEUROK) data generate datasets/default.yaml --out datasets/out/default.zarr
 	$(NEUROK) data validate datasets/out/default.zarr
 	$(NEUROK) data inspect datasets/out/default.zarr
-	$(NEUROK) train pipelines/train.yaml data.store=datasets/out/default.zarr
+	$(NEUROK) train pipelines/train.yaml data.store=datasets/out/default.zarr run_name=demo
+	$(NEUROK) eval --model outputs/runs/demo/checkpoints/last.ckpt --data datasets/out/default.zarr \
+		split=test objects=1 rollouts=1 dynamics.simulator.frames=30 out_dir=outputs/eval/demo
+
+eval: $(STAMP) ## evaluate a checkpoint: make eval model=outputs/runs/NAME/checkpoints/last.ckpt [args="objects=2"]
+	$(NEUROK) eval --model $(model) --data $(or $(data),datasets/out/default.zarr) $(args)
 
 train: $(STAMP) ## train in one process: make train args="preset=tiny trainer.max_steps=100"
 	$(NEUROK) train pipelines/train.yaml $(args)
@@ -41,7 +46,7 @@ lint: $(STAMP) ## ruff
 bench: $(STAMP) ## benchmarks: JSON + markdown table under benchmarks/results/
 	$(PY) benchmarks/run.py
 
-.PHONY: help setup demo train mlflow-ui test test-full lint bench
+.PHONY: help setup demo train eval mlflow-ui test test-full lint bench
 
 # ---- deployment (issue 7): image, Kubernetes manifests, MLflow server -------------------------
 image: $(STAMP) ## container image: variant=gpu|cpu (needs a Docker engine; linted offline by make test)
@@ -65,3 +70,18 @@ mlflow-server: $(STAMP) ## local MLflow server: db=sqlite|postgres (a real Postg
 	$(PY) scripts/mlflow_server.py --db $(or $(db),sqlite) --port $(or $(port),5000)
 
 .PHONY: image k8s-validate k8s-render mlflow-server
+
+# ---- distributed training (issue 5): Ray Train DDP on a local Ray cluster, or on RAY_ADDRESS -------
+train-cluster: $(STAMP) $(if $(RAY_ADDRESS),,datasets/out/default.zarr) ## DDP on Ray (local 2-node cluster, or RAY_ADDRESS): make train-cluster args="trainer.max_steps=100"
+	$(PY) scripts/train_cluster.py --config $(or $(config),pipelines/cluster-local.yaml) $(args)
+
+datasets/out/default.zarr: | $(STAMP)
+	$(NEUROK) data generate datasets/default.yaml --out $@
+
+.PHONY: train-cluster
+
+# ---- sweeps and the registry (issue 6) ---------------------------------------------------------
+tune: $(STAMP) datasets/out/default.zarr ## Ray Tune sweep, best trial registered: make tune args="search.num_samples=4 search.algorithm=random"
+	$(NEUROK) tune tune/latent_arch.yaml $(args)
+
+.PHONY: tune

@@ -40,17 +40,33 @@ class TrainerConfig:
 
 
 @dataclass
+class RayConfig:
+    """launcher=ray: Ray Train (TorchTrainer) settings. One worker is one DDP rank."""
+
+    num_workers: int = 2
+    use_gpu: bool = False  # one GPU per worker; NCCL on GPUs, gloo on CPUs
+    cpus_per_worker: float = 1.0
+    storage_path: str = ""  # shared by every node (path or fsspec URL); default $NEUROK_RAY_STORAGE,
+    # else <output_dir>/ray_results
+    num_to_keep: int = 2  # checkpoints kept in storage
+    max_failures: int = 3  # worker-group restarts from the latest checkpoint before the run fails
+    timeout_s: int = 1800  # collective timeout: a rank mismatch fails after this instead of hanging
+
+
+@dataclass
 class TrainConfig:
     preset: str = "base"  # pipelines/model/<preset>.yaml, or a path to a preset file
     seed: int = 0
     output_dir: str = "outputs"  # MLflow store (unless MLFLOW_TRACKING_URI) and runs/<run_name>/checkpoints
     experiment: str = "neurok"
-    run_name: str = ""  # default: <preset>-<timestamp>
+    run_name: str = ""  # default: <preset>-<timestamp> (local), <preset>-<config hash> (ray: stable, resumes)
+    launcher: str = "local"  # local: one process | ray: Ray Train DDP workers (`ray` section)
     resume: str = ""  # a checkpoint to continue from (same MLflow run)
     data: LoaderConfig = field(default_factory=LoaderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 def preset_path(preset: str, config_path: str | Path | None) -> Path:

@@ -1,0 +1,42 @@
+"""Reading training checkpoints without executing code, and turning one into a model for inference.
+
+Shared by training (resume), evaluation, `neurok simulate` and the registered simulator package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from neurok.errors import BadInputError
+from neurok.model import ModelConfig, NeuROK
+
+MODEL_PREFIX = "model."  # NeurokModule keeps the CVAE as `self.model`
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's contents, loaded without executing code (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refuses anything but tensors and plain containers
+        raise BadInputError(f"{path}: not a readable NeuROK checkpoint ({exc})") from None
+
+
+def load_model(path: str | Path) -> NeuROK:
+    """The CVAE of a training checkpoint, in eval mode with frozen parameters (inference and torch.func)."""
+    ckpt = read_checkpoint(path)
+    try:
+        cfg = ModelConfig(**ckpt["hyper_parameters"]["model"])
+        weights = ckpt["state_dict"]
+        state = {k.removeprefix(MODEL_PREFIX): v for k, v in weights.items() if k.startswith(MODEL_PREFIX)}
+    except (KeyError, TypeError) as exc:
+        raise BadInputError(f"{path}: not a NeuROK training checkpoint (missing {exc})") from None
+    model = NeuROK(cfg)
+    model.load_state_dict(state)
+    model.eval()
+    model.requires_grad_(False)
+    return model
