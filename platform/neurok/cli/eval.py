@@ -1,0 +1,58 @@
+"""`neurok eval --model CKPT --data STORE [split=test] [key=value ...]`: a trained model's metrics table."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    parser = groups.add_parser(
+        "eval",
+        help="evaluate a trained model: reconstruction, IK vs baselines, rollouts, speed; table + videos",
+        description="Overrides are dotted key=value pairs of pipelines/eval.yaml, e.g. split=test objects=2 "
+        "dynamics.ik.iterations=100 out_dir=outputs/eval. Logs to MLflow when mlflow_run_id is set or a run "
+        "is active (or MLFLOW_RUN_ID is set).",
+    )
+    parser.add_argument("--model", required=True, help="training checkpoint (.ckpt)")
+    parser.add_argument("--data", required=True, help="the 4D store to evaluate on")
+    parser.add_argument(
+        "--config", default=None, help="pipeline YAML (default: pipelines/eval.yaml if present)"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from neurok.config import load_config
+    from neurok.data.store import Store
+    from neurok.eval.config import EvalConfig
+    from neurok.eval.evaluate import evaluate
+    from neurok.eval.report import log_to_mlflow, table_rows, write_report
+    from neurok.train.checkpoint import load_model
+
+    default = Path("pipelines/eval.yaml")
+    path = args.config or (default if default.is_file() else None)
+    cfg = load_config(EvalConfig, path, [*args.overrides, f"data={args.data}"])
+    model = load_model(args.model)
+    result = evaluate(model, Store(cfg.data), cfg)
+    files = write_report(result, cfg, cfg.data, args.model)
+    print(files["table"].read_text())
+    run_id = cfg.mlflow_run_id or _active_run_id()
+    if run_id:
+        log_to_mlflow(run_id, table_rows(result.cases), result.speed, files)
+        print(f"logged to MLflow run {run_id}")
+    for kind, file in files.items():
+        print(f"  {kind}: {file}")
+    return 0
+
+
+def _active_run_id() -> str:
+    """The run this process is inside: an active fluent run, or MLFLOW_RUN_ID (as `mlflow run` sets)."""
+    import os
+
+    import mlflow
+
+    run = mlflow.active_run()
+    return run.info.run_id if run else os.environ.get("MLFLOW_RUN_ID", "")

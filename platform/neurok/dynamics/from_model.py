@@ -1,0 +1,110 @@
+"""The adapter from a trained NeuROK CVAE to the dynamics interface (LatentShape).
+
+For one rest mesh M0 (vertices in the store's normalisation, the unit cube): E_cond reads surface points
+of M0 once and gives the shape tokens and mu_cond; the decoder is then evaluated at fixed query points,
+and each vertex follows the mean deformation of its K nearest queries (model.drive_vertices). The
+nearest-query indices depend on M0 only, so they are computed once here and the decoder stays a pure
+function of z that torch.func can differentiate:
+
+    x(z) = rest + mean_{j in nearest(v)} D(z, shape tokens, queries)_j
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from neurok.data import sampling
+from neurok.dynamics.shape import LatentShape
+from neurok.errors import BadInputError
+from neurok.model import NeuROK
+
+
+class ModelContext(NamedTuple):
+    """What the decoder needs besides z, for one object (a pytree of tensors: stackable and vmap-able)."""
+
+    shape_tokens: torch.Tensor  # (M, width) E_cond's tokens of M0
+    queries: torch.Tensor  # (Q, 3) where the decoder is evaluated
+    nearest: torch.Tensor  # (V, K) int64: the queries each vertex follows
+    rest: torch.Tensor  # (V, 3) M0's vertices
+
+
+class ModelDecoder:
+    """decode_fn of a LatentShape: flat z (k,) -> vertices (V, 3). One instance per model, so the shapes
+    of many objects share it and can be stacked (LatentShape.stack checks identity)."""
+
+    def __init__(self, model: NeuROK):
+        self.model = model
+        self.tokens, self.token_dim = model.cfg.tokens, model.cfg.latent_dim
+
+    def __call__(self, z: torch.Tensor, context: ModelContext) -> torch.Tensor:
+        deformation = self.model.decode(
+            z.reshape(1, self.tokens, self.token_dim), context.shape_tokens[None], context.queries[None]
+        )[0]
+        return context.rest + deformation[context.nearest].mean(dim=1)
+
+
+_decoders: weakref.WeakKeyDictionary[NeuROK, ModelDecoder] = weakref.WeakKeyDictionary()
+
+
+def model_decoder(model: NeuROK) -> ModelDecoder:
+    """The one ModelDecoder of `model`."""
+    if model not in _decoders:
+        _decoders[model] = ModelDecoder(model)
+    return _decoders[model]
+
+
+def nearest_queries(vertices: torch.Tensor, queries: torch.Tensor, k: int) -> torch.Tensor:
+    """(V, K) indices of each vertex's K nearest queries, as model.drive_vertices picks them."""
+    distances = torch.cdist(vertices[None], queries[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
+    return distances.topk(min(k, queries.shape[0]), dim=-1, largest=False).indices
+
+
+def surface_points(vertices: np.ndarray, faces: np.ndarray | None, n: int, seed: int) -> np.ndarray:
+    """n points uniform over the mesh surface (or n of the vertices, with repeats, without faces)."""
+    rng = np.random.default_rng(seed)
+    if faces is None or len(faces) == 0:
+        return vertices[rng.choice(len(vertices), size=n)].astype(np.float32)
+    face, bary = sampling.sample_surface(vertices, faces, n, rng)
+    return sampling.interpolate(vertices, faces, face, bary)
+
+
+def latent_shape(
+    model: NeuROK,
+    rest: torch.Tensor | np.ndarray,
+    faces: torch.Tensor | np.ndarray | None = None,
+    points: int = 2048,
+    max_queries: int = 2048,
+    total_mass: float = 1.0,
+    seed: int = 0,
+) -> LatentShape:
+    """The LatentShape of `model` for one rest mesh (V, 3), normalised as the store says.
+
+    points: surface samples E_cond reads (4096 in the paper; fewer is faster on the CPU).
+    max_queries: the decoder runs at the vertices themselves when V <= max_queries, else at that many
+    surface samples (its cost per step grows with the query count).
+    Masses are uniform, `total_mass` in total (paper s9.2).
+    """
+    rest_np = np.asarray(rest.detach().cpu() if isinstance(rest, torch.Tensor) else rest, np.float32)
+    faces_np = None if faces is None else np.asarray(faces, np.int64)
+    if rest_np.ndim != 2 or rest_np.shape[1] != 3 or len(rest_np) == 0 or not np.isfinite(rest_np).all():
+        raise BadInputError(
+            f"latent_shape: rest vertices must be finite with shape (V, 3), got {rest_np.shape}"
+        )
+    dtype = next(model.parameters()).dtype
+    vertices = torch.from_numpy(rest_np).to(dtype)
+    if len(rest_np) <= max_queries:
+        queries = vertices
+    else:
+        queries = torch.from_numpy(surface_points(rest_np, faces_np, max_queries, seed + 1)).to(dtype)
+    cloud = torch.from_numpy(surface_points(rest_np, faces_np, points, seed)).to(dtype)
+    with torch.no_grad():
+        tokens, mu_cond = model.encode_shape(cloud[None])
+    context = ModelContext(
+        tokens[0], queries, nearest_queries(vertices, queries, model.cfg.k_drive), vertices
+    )
+    masses = torch.full((len(rest_np),), total_mass / len(rest_np), dtype=dtype)
+    return LatentShape(model_decoder(model), context, mu_cond[0].flatten(), masses, vertices)

@@ -1,0 +1,116 @@
+"""The IK baselines of Table 1, fitted on the training split: a linear (PCA) deformation subspace of the
+same dimension as NeuROK's reduced coordinates, and nearest-neighbour retrieval of a training deformation.
+
+Objects differ in topology, so a deformation is carried between objects as a displacement field on fixed
+anchor points over the unit cube (the store's normalisation): vertices -> anchors and anchors -> vertices
+by inverse-distance weights of the K nearest. Both baselines see the target object's rest mesh, as NeuROK
+does, and deform it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from neurok.geometry import chamfer_distance
+
+
+def grid_anchors(n: int) -> np.ndarray:
+    """n^3 points on a regular grid over the unit cube [-0.5, 0.5]^3."""
+    axis = np.linspace(-0.5, 0.5, n)
+    return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+
+
+def idw_matrix(src: np.ndarray, dst: np.ndarray, k: int = 4) -> np.ndarray:
+    """(len(dst), len(src)) rows of inverse-square-distance weights of each dst point's k nearest src
+    points; a dst point on a src point gets that point's value exactly."""
+    d = np.linalg.norm(dst[:, None, :] - src[None, :, :], axis=-1)
+    k = min(k, len(src))
+    nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
+    w = 1.0 / np.maximum(np.take_along_axis(d, nearest, 1), 1e-12) ** 2
+    matrix = np.zeros((len(dst), len(src)))
+    np.put_along_axis(matrix, nearest, w / w.sum(axis=1, keepdims=True), 1)
+    return matrix
+
+
+@dataclass
+class DeformationBank:
+    """Training displacement fields on the anchors: rows (N, A * 3)."""
+
+    anchors: np.ndarray  # (A, 3)
+    fields: np.ndarray  # (N, A * 3)
+
+    @classmethod
+    def fit(cls, examples: list[tuple[np.ndarray, np.ndarray]], anchors: np.ndarray) -> DeformationBank:
+        """examples: (rest (V, 3), displacements (T, V, 3)) per training sequence, normalised."""
+        rows = []
+        for rest, displacement in examples:
+            to_anchors = idw_matrix(rest, anchors)
+            rows.append(np.einsum("av,tvc->tac", to_anchors, displacement).reshape(len(displacement), -1))
+        return cls(anchors, np.concatenate(rows))
+
+    def to_vertices(self, rest: np.ndarray) -> torch.Tensor:
+        """(V, A) weights that carry an anchor field onto the vertices of `rest`."""
+        return torch.from_numpy(idw_matrix(self.anchors, rest)).float()
+
+
+class PCABaseline:
+    """Displacement = mean + U c on the anchors; c (dims,) fitted to a target cloud by Chamfer."""
+
+    def __init__(self, bank: DeformationBank, dims: int):
+        self.bank = bank
+        self.mean = bank.fields.mean(axis=0)
+        _, _, vt = np.linalg.svd(bank.fields - self.mean, full_matrices=False)
+        self.components = vt[:dims]  # (dims, A * 3)
+        self.dims = len(self.components)
+
+    def _field(self, c: torch.Tensor) -> torch.Tensor:
+        mean = torch.from_numpy(self.mean).float()
+        return (mean + c @ torch.from_numpy(self.components).float()).reshape(-1, 3)
+
+    def project(self, rest: np.ndarray, displacement: np.ndarray) -> np.ndarray:
+        """Least-squares fit with correspondence: the deformed vertices (V, 3) nearest rest + displacement."""
+        W = self.bank.to_vertices(rest).double().numpy()
+        basis = np.einsum("va,dac->dvc", W, self.components.reshape(self.dims, -1, 3)).reshape(self.dims, -1)
+        offset = (W @ self.mean.reshape(-1, 3)).reshape(-1)
+        c, *_ = np.linalg.lstsq(basis.T, displacement.reshape(-1) - offset, rcond=None)
+        return rest + (offset + c @ basis).reshape(-1, 3)
+
+    def fit(
+        self, rest: np.ndarray, sampler, target: torch.Tensor, iterations: int, lr: float = 0.05
+    ) -> np.ndarray:
+        """Vertices (V, 3) of rest deformed by the subspace field whose surface samples best fit `target`
+        (n, 3) by Chamfer L1 (Adam with cosine decay, as NeuROK's IK)."""
+        W, rest_t = self.bank.to_vertices(rest), torch.from_numpy(rest).float()
+        c = torch.zeros(self.dims, requires_grad=True)
+        opt = torch.optim.Adam([c], lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
+        for _ in range(iterations):
+            loss = chamfer_distance(sampler(rest_t + W @ self._field(c)), target, "l1")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            schedule.step()
+        with torch.no_grad():
+            return (rest_t + W @ self._field(c)).numpy()
+
+
+class NearestBaseline:
+    """The training deformation that, on the target's rest mesh, is nearest the target (Chamfer L1)."""
+
+    def __init__(self, bank: DeformationBank):
+        self.bank = bank
+
+    def fit(self, rest: np.ndarray, sampler, target: torch.Tensor, batch: int = 32) -> np.ndarray:
+        W, rest_t = self.bank.to_vertices(rest), torch.from_numpy(rest).float()
+        fields = torch.from_numpy(self.bank.fields).float().reshape(len(self.bank.fields), -1, 3)
+        best, best_score = None, float("inf")
+        for i in range(0, len(fields), batch):
+            shapes = rest_t + torch.einsum("va,nac->nvc", W, fields[i : i + batch])
+            scores = chamfer_distance(sampler(shapes), target.expand(len(shapes), -1, -1), "l1")
+            j = int(scores.argmin())
+            if float(scores[j]) < best_score:
+                best, best_score = shapes[j], float(scores[j])
+        return best.numpy()

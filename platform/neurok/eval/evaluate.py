@@ -1,0 +1,325 @@
+"""`neurok eval`: reconstruction, inverse kinematics against two baselines, simulation fidelity, speed.
+
+Protocol (all in the store's normalisation; research/neurok-paper.md s7, s9.2 where the paper is silent):
+- cases: up to `objects` sequences per (object type, split), for the chosen split and the held-out one;
+  each case pairs the rest frame 0 with the frame deformed most (as the training plots do);
+- reconstruction: E_vae's posterior mean on surface points of the pair, decoded at every vertex;
+- inverse kinematics (Table 1): fit the target's surface samples from the rest mesh by Chamfer L1, in
+  NeuROK's reduced coordinates, in a PCA subspace of the same dimension and by nearest-neighbour
+  retrieval (eval.baselines); Chamfer L1/L2 on fixed surface samples and volumetric IoU;
+- simulation: the sequence's recorded conditions become initial states and forces (conditions_for), a
+  latent rollout over its horizon is compared to the simulated truth frame by frame; energy drift with
+  damping off;
+- speed: the latent rollout against MuJoCo simulating the same sequence (re-planned from the store's
+  recipe), both timed here in this process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from neurok.data.schema import CONDITION_FIELDS, FLAG_DRAGGED, FLAG_POKED, OBJECT_TYPES, SPLITS
+from neurok.data.store import Store
+from neurok.dynamics import (
+    BoundaryConditions,
+    Forcing,
+    IKConfig,
+    PointForce,
+    ReducedShape,
+    SimulatorConfig,
+    fit,
+    rollout,
+    solve_initial_state,
+)
+from neurok.errors import BadInputError, NeurokError
+from neurok.eval import metrics
+from neurok.eval.baselines import DeformationBank, NearestBaseline, PCABaseline, grid_anchors
+from neurok.eval.config import EvalConfig
+from neurok.eval.rollout_files import MeshRollout, reduced_model_shape
+from neurok.model import NeuROK
+from neurok.train.examples import ReconstructionExamples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Case:
+    """One evaluated sequence, normalised."""
+
+    index: int
+    name: str
+    object_type: str
+    split: str
+    frames: np.ndarray  # (T, V, 3)
+    faces: np.ndarray
+    target: int  # the frame deformed most
+    inputs: dict  # E_vae's inputs for (rest, target)
+    conditions: dict[str, float]
+    flags: np.ndarray  # (V,) FLAG_* bits
+    center: np.ndarray
+    scale: float
+
+
+@dataclass
+class CaseResult:
+    case: str
+    object_type: str
+    split: str
+    values: dict[str, float] = field(default_factory=dict)
+    horizon: list[float] = field(default_factory=list)  # rollout Chamfer L1 per frame
+    rollout: MeshRollout | None = None
+    truth: np.ndarray | None = None  # (T, V, 3) the simulated sequence in mesh units, beside `rollout`
+
+
+def select_cases(store: Store, cfg: EvalConfig) -> list[int]:
+    """Up to cfg.objects sequences of distinct objects per (object type, split)."""
+    if cfg.split not in SPLITS:
+        raise BadInputError(f"eval: split must be one of {SPLITS}, got {cfg.split!r}")
+    splits = [cfg.split] + (["heldout"] if cfg.heldout and cfg.split != "heldout" else [])
+    chosen: list[int] = []
+    for split in splits:
+        for type_code in range(len(OBJECT_TYPES)):
+            mask = (store.column("split") == SPLITS.index(split)) & (store.column("object_type") == type_code)
+            seen: set[int] = set()
+            for s in np.flatnonzero(mask):
+                obj = int(store.column("object_id")[s])
+                if obj not in seen and len(seen) < cfg.objects:
+                    seen.add(obj)
+                    chosen.append(int(s))
+    if not chosen:
+        raise BadInputError(f"{store.path}: no sequences in split(s) {splits} to evaluate")
+    return chosen
+
+
+def load_case(store: Store, s: int, cfg: EvalConfig, dual_quaternion: bool) -> Case:
+    seq = store.sequence(s)
+    example = ReconstructionExamples._prepare(store, s, cfg.shape.points, dual_quaternion, cfg.seed)
+    center, scale = store.norm_center[s], float(store.norm_scale[s])
+    frames = ((seq.frames - center) / scale).astype(np.float32)
+    target = int(np.argmax(np.abs(frames - frames[0]).max(axis=(1, 2))))
+    conditions = dict(zip(CONDITION_FIELDS, store.conditions[s].tolist(), strict=True))
+    return Case(
+        s, seq.name, seq.object_type, seq.split, frames, seq.faces.astype(np.int64), target,
+        example["inputs"], conditions, seq.vertex_flags, center, scale,
+    )  # fmt: skip
+
+
+def training_bank(store: Store, cfg: EvalConfig) -> DeformationBank:
+    """The baselines' training deformations: a few frames of up to cfg.baseline_sequences train sequences."""
+    rng = np.random.default_rng(cfg.seed)
+    train = np.flatnonzero(store.column("split") == SPLITS.index("train"))
+    if len(train) == 0:
+        raise BadInputError(
+            f"{store.path}: no training sequences for the PCA and nearest-neighbour baselines"
+        )
+    examples = []
+    for s in rng.permutation(train)[: cfg.baseline_sequences]:
+        seq = store.sequence(int(s))
+        frames = (seq.frames - store.norm_center[s]) / store.norm_scale[s]
+        picked = rng.choice(
+            np.arange(1, len(frames)), min(cfg.baseline_frames, len(frames) - 1), replace=False
+        )
+        examples.append((frames[0], frames[picked] - frames[0]))
+    return DeformationBank.fit(examples, grid_anchors(cfg.anchors))
+
+
+def reconstruction(
+    model: NeuROK, shape: ReducedShape, case: Case, sampler: metrics.SurfaceSampler, cfg: EvalConfig
+) -> dict[str, float]:
+    target = case.frames[case.target]
+    with torch.no_grad():
+        mu, _ = model.encode_deformation(
+            case.inputs["points"], case.inputs["displacement"], case.inputs.get("dual_quaternion")
+        )
+        predicted = shape.latent.decode(mu.flatten()).numpy()
+    a, b = sampler(predicted), sampler(target)
+    l1, l2 = metrics.chamfer_l1_l2(a, b)
+    return {
+        "recon_chamfer_l1": l1,
+        "recon_chamfer_l2": l2,
+        "recon_fscore": metrics.fscore(a, b, cfg.fscore_threshold),
+        "recon_vertex_error": metrics.vertex_error(predicted, target),
+    }
+
+
+def inverse_kinematics(
+    shape: ReducedShape,
+    case: Case,
+    sampler: metrics.SurfaceSampler,
+    pca: PCABaseline,
+    nearest: NearestBaseline,
+    ik: IKConfig,
+    grid: int,
+) -> dict[str, float]:
+    rest, target = case.frames[0], case.frames[case.target]
+    points = sampler(target)
+    fits = {
+        "neurok": fit(shape, points[None], ik).vertices[0].numpy(),
+        "pca": pca.fit(rest, sampler, points, ik.iterations),
+        "nn": nearest.fit(rest, sampler, points),
+    }
+    values = {}
+    for method, vertices in fits.items():
+        samples = sampler(vertices)
+        l1, l2 = metrics.chamfer_l1_l2(samples, points)
+        values[f"ik_{method}_chamfer_l1"] = l1
+        values[f"ik_{method}_chamfer_l2"] = l2
+        values[f"ik_{method}_iou"] = metrics.volumetric_iou(
+            vertices, target, case.faces, samples.numpy(), points.numpy(), grid
+        )
+    return values
+
+
+def _region_mass(region: np.ndarray, fallback: np.ndarray) -> tuple[np.ndarray, float]:
+    """A 0/1 region (the flagged vertices, else `fallback`) and its share of the model object's unit mass."""
+    region = region if region.any() else fallback
+    return region.astype(np.float32), float(region.mean())
+
+
+def conditions_for(case: Case, shape: ReducedShape) -> tuple[BoundaryConditions, Forcing, list[float]]:
+    """The recorded conditions in the model's units (normalised lengths, total mass 1; approximations):
+    initial (angular) velocity -> a velocity field; a poke -> its region's velocity change (impulse over
+    the object's mass density x volume share), at t = 0 as a boundary condition, later as a one-frame
+    force; a drag -> a push-then-brake force pair that moves its region by the offset over its window;
+    gravity -> gravity."""
+    c, rest, s = case.conditions, case.frames[0], case.scale
+    vec = lambda prefix: np.array([c[f"{prefix}_{k}"] for k in "xyz"])  # noqa: E731
+    velocity = vec("init_velocity") / s + np.cross(vec("init_angular_velocity"), rest - rest.mean(axis=0))
+    velocity = np.broadcast_to(velocity, rest.shape).copy()
+    forces: list[PointForce] = []
+    frame_dt = c["frame_dt"] or 1 / 30
+    impulse = vec("poke_impulse")
+    if np.abs(impulse).sum() > 0:
+        region, share = _region_mass(case.flags & FLAG_POKED > 0, np.ones(len(rest), bool))
+        mass = c["density"] * abs(mesh_volume(rest * s, case.faces)) * share or share  # kg of the region
+        dv = impulse / mass / s  # normalised units per second
+        if c["poke_time"] < frame_dt / 2:
+            velocity[region > 0] += dv
+        else:
+            start = c["poke_time"]
+            forces.append(
+                PointForce(
+                    torch.from_numpy(region), (share * dv / frame_dt).tolist(), start, start + frame_dt
+                )
+            )
+    offset = vec("drag_offset")
+    if np.abs(offset).sum() > 0 and c["drag_end"] > c["drag_start"]:
+        region, share = _region_mass(case.flags & FLAG_DRAGGED > 0, np.ones(len(rest), bool))
+        t0, t1 = c["drag_start"], c["drag_end"]
+        push = (4 * share * offset / s / (t1 - t0) ** 2).tolist()  # x = d after accelerating, then braking
+        mid = (t0 + t1) / 2
+        forces += [
+            PointForce(torch.from_numpy(region), push, t0, mid),
+            PointForce(torch.from_numpy(region), [-f for f in push], mid, t1),
+        ]
+    dtype = shape.basis.dtype
+    forcing = Forcing.stack([Forcing.build(len(rest), forces, dtype=dtype)])
+    bc = BoundaryConditions.stack([BoundaryConditions.velocity_field(torch.from_numpy(velocity).to(dtype))])
+    return bc, forcing, (vec("gravity") / s).tolist()
+
+
+def mesh_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Signed volume enclosed by a triangle mesh (divergence theorem); about 0 for an open sheet."""
+    a, b, c = (vertices[faces[:, k]] for k in range(3))
+    return float(np.einsum("fi,fi->f", a, np.cross(b, c)).sum() / 6)
+
+
+def simulation(
+    shape: ReducedShape, sim: SimulatorConfig, case: Case, sampler: metrics.SurfaceSampler, cfg: EvalConfig
+) -> tuple[dict[str, float], list[float], MeshRollout | None]:
+    bc, forcing, gravity = conditions_for(case, shape)
+    frame_dt = case.conditions["frame_dt"] or 1 / sim.fps
+    horizon_frames = min(len(case.frames) - 1, sim.frames)  # simulator.frames caps the horizon (budget)
+    sim = dataclasses.replace(sim, fps=1 / frame_dt, frames=horizon_frames, gravity=gravity)
+    try:
+        q0, qdot0 = solve_initial_state(shape, bc, cfg.dynamics.boundary)
+        start = time.perf_counter()
+        out = rollout(shape, q0, qdot0, sim, forcing)
+        wall = time.perf_counter() - start
+        free = out if sim.damping == 0 else rollout(shape, q0, qdot0, dataclasses.replace(sim, damping=0.0))
+    except NeurokError as exc:  # a blow-up is a result of the model, not a failure of the evaluation
+        log.warning("%s: latent rollout failed: %s", case.name, exc)
+        return {"rollout_failed": 1.0}, [], None
+    predicted = sampler(out.vertices[0])
+    truth = sampler(case.frames[: horizon_frames + 1])
+    horizon = [float(x) for x in metrics.chamfer_distance(predicted, truth, "l1")]
+    two_seconds = min(len(horizon) - 1, round(2 / frame_dt))
+    values = {
+        "rollout_failed": 0.0,
+        "rollout_chamfer_l1": float(np.mean(horizon[1:])),
+        "rollout_chamfer_l1_2s": horizon[two_seconds],
+        "energy_drift": float(free.energy_drift()[0]),
+        "latent_frames_per_s": sim.frames / wall,
+        "latent_frames": float(sim.frames),
+    }
+    return values, horizon, MeshRollout.from_rollout(out, case.faces, case.center, case.scale)
+
+
+def mujoco_frames_per_s(store: Store, case: Case) -> float | None:
+    """MuJoCo re-simulating the case's sequence from the store's recipe; None without a recipe."""
+    recipe_dict = store.attrs.get("provenance", {}).get("recipe")
+    if not recipe_dict:
+        return None
+    from omegaconf import OmegaConf
+
+    from neurok.data.generate.plan import plan
+    from neurok.data.generate.recipe import Recipe
+    from neurok.data.generate.scenes import CATEGORIES, simulate
+
+    recipe = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Recipe), recipe_dict))
+    spec = next((sp for sp in plan(recipe, CATEGORIES) if sp.name == case.name), None)
+    if spec is None:
+        return None
+    start = time.perf_counter()
+    seq = simulate(spec, recipe.physics)
+    return (seq.n_frames - 1) / (time.perf_counter() - start)
+
+
+@dataclass
+class EvalResult:
+    cases: list[CaseResult]
+    speed: dict[str, float | str]
+
+
+def evaluate(model: NeuROK, store: Store, cfg: EvalConfig) -> EvalResult:
+    torch.manual_seed(cfg.seed)
+    indices = select_cases(store, cfg)
+    bank = training_bank(store, cfg)
+    nearest = NearestBaseline(bank)
+    results, speed = [], {}
+    for n, s in enumerate(indices):
+        case = load_case(store, s, cfg, model.cfg.dual_quaternion)
+        log.info("eval %d/%d: %s (%s, %s)", n + 1, len(indices), case.name, case.object_type, case.split)
+        shape, sim = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
+        sampler = metrics.SurfaceSampler(case.frames[0], case.faces, cfg.surface_samples, cfg.seed)
+        result = CaseResult(case.name, case.object_type, case.split)
+        result.values["k_q"] = float(shape.dims)
+        result.values |= reconstruction(model, shape, case, sampler, cfg)
+        pca = PCABaseline(bank, shape.dims)
+        result.values |= inverse_kinematics(shape, case, sampler, pca, nearest, cfg.dynamics.ik, cfg.grid)
+        if sum(r.rollout is not None or "rollout_failed" in r.values for r in results) < cfg.rollouts:
+            values, result.horizon, result.rollout = simulation(shape, sim, case, sampler, cfg)
+            result.values |= values
+            if result.rollout is not None and sum(r.truth is not None for r in results) < cfg.renders:
+                result.truth = case.frames[: len(result.rollout.time)] * case.scale + case.center
+            if cfg.speed and not speed and "latent_frames_per_s" in values:
+                mujoco = mujoco_frames_per_s(store, case)
+                speed = {
+                    "sequence": case.name,
+                    "frames": values["latent_frames"],
+                    "mujoco_frames": float(len(case.frames) - 1),  # MuJoCo runs the whole sequence
+                    "vertices": float(case.frames.shape[1]),
+                    "k_q": float(shape.dims),
+                    "latent_frames_per_s": values["latent_frames_per_s"],
+                    "mujoco_frames_per_s": mujoco if mujoco is not None else "n/a (store has no recipe)",
+                }
+                if mujoco is not None:
+                    speed["speedup"] = values["latent_frames_per_s"] / mujoco
+        results.append(result)
+    return EvalResult(results, speed)

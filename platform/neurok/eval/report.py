@@ -1,0 +1,158 @@
+"""The evaluation's outputs: a metrics table per (object type, split) in markdown and JSON, the error-vs-
+horizon and energy plots, rendered rollouts, and the same logged to an MLflow run."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from neurok.eval.config import EvalConfig
+from neurok.eval.evaluate import CaseResult, EvalResult
+from neurok.eval.rollout_files import write_rollout
+
+COLUMNS = (  # (key, header) of the markdown table
+    ("recon_chamfer_l1", "recon CD-L1"),
+    ("recon_chamfer_l2", "recon CD-L2"),
+    ("recon_fscore", "recon F"),
+    ("recon_vertex_error", "vertex err"),
+    ("ik_neurok_chamfer_l1", "IK CD-L1 NeuROK"),
+    ("ik_pca_chamfer_l1", "IK CD-L1 PCA"),
+    ("ik_nn_chamfer_l1", "IK CD-L1 NN"),
+    ("ik_neurok_chamfer_l2", "IK CD-L2 NeuROK"),
+    ("ik_pca_chamfer_l2", "IK CD-L2 PCA"),
+    ("ik_nn_chamfer_l2", "IK CD-L2 NN"),
+    ("ik_neurok_iou", "IoU NeuROK"),
+    ("ik_pca_iou", "IoU PCA"),
+    ("ik_nn_iou", "IoU NN"),
+    ("rollout_chamfer_l1", "rollout CD-L1"),
+    ("rollout_chamfer_l1_2s", "rollout CD-L1 @2s"),
+    ("energy_drift", "energy drift"),
+    ("rollout_failed", "rollout failed"),
+)
+
+
+def table_rows(cases: list[CaseResult]) -> list[dict]:
+    """Mean of every metric per (object type, split), then over everything ("all"); NaN-free means."""
+    groups: dict[tuple[str, str], list[CaseResult]] = {}
+    for c in cases:
+        groups.setdefault((c.object_type, c.split), []).append(c)
+    groups[("all", "all")] = list(cases)
+    rows = []
+    for (object_type, split), members in groups.items():
+        keys = sorted({k for c in members for k in c.values})
+        means = {}
+        for k in keys:
+            values = [c.values[k] for c in members if k in c.values and math.isfinite(c.values[k])]
+            means[k] = float(np.mean(values)) if values else float("nan")
+        rows.append({"object_type": object_type, "split": split, "n": len(members), **means})
+    return rows
+
+
+def markdown(rows: list[dict], speed: dict, cfg: EvalConfig) -> str:
+    def cell(value) -> str:
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+    lines = [
+        "| type | split | n | " + " | ".join(h for _, h in COLUMNS) + " |",
+        "|" + "---|" * (3 + len(COLUMNS)),
+    ]
+    for r in rows:
+        cells = [cell(r.get(k)) for k, _ in COLUMNS]
+        lines.append(f"| {r['object_type']} | {r['split']} | {r['n']} | " + " | ".join(cells) + " |")
+    notes = [
+        "",
+        f"Store normalisation (rest shape in the unit cube); Chamfer on {cfg.surface_samples} surface "
+        f"samples, F-score at {cfg.fscore_threshold}, IoU on a {cfg.grid}^3 grid; "
+        f"IK {cfg.dynamics.ik.iterations} iterations; energy drift with damping off.",
+    ]
+    if speed:
+        notes.append(
+            "Speed (same sequence, same horizon, this process): "
+            + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in speed.items())
+        )
+    return "\n".join(lines + notes) + "\n"
+
+
+def horizon_figure(cases: list[CaseResult], fps: float = 30.0) -> Figure:
+    fig = Figure(figsize=(6, 3.5), constrained_layout=True)
+    ax = fig.add_subplot()
+    for c in cases:
+        if c.horizon:
+            ax.plot(np.arange(len(c.horizon)) / fps, c.horizon, label=f"{c.case} ({c.split})")
+    ax.set(xlabel="time (s)", ylabel="Chamfer L1 to the simulated truth", title="rollout error vs horizon")
+    ax.legend(fontsize=6)
+    return fig
+
+
+def energy_figure(cases: list[CaseResult]) -> Figure:
+    fig = Figure(figsize=(6, 3.5), constrained_layout=True)
+    ax = fig.add_subplot()
+    for c in cases:
+        if c.rollout is not None:
+            r = c.rollout
+            ax.plot(r.time, r.kinetic + r.potential - r.work, label=f"{c.case}: E - W")
+            ax.plot(r.time, r.kinetic, ":", label=f"{c.case}: kinetic")
+    ax.set(xlabel="time (s)", ylabel="energy (normalised units, mass 1)", title="latent rollout energy")
+    ax.legend(fontsize=6)
+    return fig
+
+
+def write_report(result: EvalResult, cfg: EvalConfig, store_path: str, model_path: str) -> dict[str, Path]:
+    """metrics.md, metrics.json, horizon.png, energy.png and rollouts/<case>/ under cfg.out_dir."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table_rows(result.cases)
+    files = {"table": out / "metrics.md", "json": out / "metrics.json"}
+    files["table"].write_text(markdown(rows, result.speed, cfg))
+    payload = {
+        "model": model_path,
+        "store": store_path,
+        "rows": rows,
+        "speed": result.speed,
+        "cases": [
+            {"case": c.case, "object_type": c.object_type, "split": c.split, **c.values} for c in result.cases
+        ],
+    }
+    files["json"].write_text(json.dumps(payload, indent=2, default=float))
+    if any(c.horizon for c in result.cases):
+        for name, figure in (
+            ("horizon", horizon_figure(result.cases)),
+            ("energy", energy_figure(result.cases)),
+        ):
+            files[name] = out / f"{name}.png"
+            figure.savefig(files[name], dpi=100)
+    rendered = [c for c in result.cases if c.rollout is not None and c.truth is not None]
+    for c in rendered:
+        title = f"{c.case}: simulated truth vs NeuROK"
+        written = write_rollout(out / "rollouts" / c.case, c.rollout, cfg.render, c.truth, title=title)
+        files |= {f"{c.case}/{k}": v for k, v in written.items()}
+    return files
+
+
+def log_to_mlflow(run_id: str, rows: list[dict], speed: dict, files: dict[str, Path]) -> None:
+    """Metrics eval/<type>/<split>/<name> and every output file as an artifact under eval/."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    now = int(1000 * time.time())
+    entries = [
+        Metric(f"eval/{r['object_type']}/{r['split']}/{k}", float(v), now, 0)
+        for r in rows
+        for k, v in r.items()
+        if isinstance(v, float) and math.isfinite(v)
+    ]
+    entries += [Metric(f"eval/speed/{k}", float(v), now, 0) for k, v in speed.items() if isinstance(v, float)]
+    for i in range(0, len(entries), 500):
+        client.log_batch(run_id, metrics=entries[i : i + 500])
+    for key, path in files.items():
+        parent = "eval" if "/" not in key else f"eval/rollouts/{key.split('/')[0]}"
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), f"{parent}/{path.name}")
+        else:
+            client.log_artifact(run_id, str(path), parent)

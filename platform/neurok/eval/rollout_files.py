@@ -1,0 +1,233 @@
+"""Simulate a mesh with a trained model and write the rollout: NPZ, an OBJ per frame, a video, the viewer.
+
+Used by `neurok simulate`, by `neurok eval` for its rendered rollouts, and by the registered simulator
+package's predict. Meshes come in their own units (metres, y-up); the simulation runs in the store's
+normalisation (frame 0's bounding box to the unit cube), and the outputs are mapped back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neurok.data.schema import normalisation
+from neurok.dynamics import (
+    BoundaryConditions,
+    DynamicsConfig,
+    Forcing,
+    PointForce,
+    ReducedShape,
+    Rollout,
+    SimulatorConfig,
+    active_subspace,
+    region_near,
+    rollout,
+    solve_initial_state,
+)
+from neurok.dynamics.from_model import latent_shape
+from neurok.dynamics.mechanics import jacobian, metric
+from neurok.errors import BadInputError
+from neurok.eval.config import ModelShapeConfig, RenderConfig
+from neurok.eval.render import render_frames, write_video
+from neurok.eval.viewer import write_viewer
+from neurok.model import NeuROK
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_POKE = re.compile(
+    rf"^\s*({_NUMBER}(?:,{_NUMBER}){{2}})\s*:\s*({_NUMBER}(?:,{_NUMBER}){{2}})\s*(?:@\s*({_NUMBER})\s*-\s*({_NUMBER}))?\s*$"
+)
+
+
+@dataclass
+class Poke:
+    """A force on the surface near `point` during [start, end); mesh units (m, N, s)."""
+
+    point: tuple[float, float, float]
+    force: tuple[float, float, float]
+    start: float = 0.0
+    end: float = 0.1
+
+
+@dataclass
+class MeshConditions:
+    """What acts on a user's mesh, in its own units: pokes, gravity (m/s^2, y-up), an initial velocity."""
+
+    pokes: list[Poke] = field(default_factory=list)
+    gravity: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    velocity: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def parse_vector(text: str, what: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(np.isfinite(values)):
+        raise BadInputError(f"{what}: expected three finite numbers 'x,y,z', got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def parse_poke(text: str) -> Poke:
+    """'x,y,z:fx,fy,fz@t0-t1' (the window defaults to 0-0.1 s)."""
+    match = _POKE.match(text)
+    if not match:
+        raise BadInputError(f"--poke: expected 'x,y,z:fx,fy,fz@t0-t1', got {text!r}")
+    point, force, start, end = match.groups()
+    poke = Poke(parse_vector(point, "--poke point"), parse_vector(force, "--poke force"))
+    if start is not None:
+        poke.start, poke.end = float(start), float(end)
+    if not poke.end > poke.start >= 0:
+        raise BadInputError(f"--poke: the window must satisfy 0 <= t0 < t1, got {text!r}")
+    return poke
+
+
+def stiffness_for(shape: ReducedShape, frequency: float) -> float:
+    """kappa that makes the mean mode of the metric at rest oscillate at `frequency` Hz:
+    kappa = (2 pi f)^2 tr(G0) / k_q, since a mode of mass g and stiffness kappa has omega^2 = kappa / g."""
+    with torch.no_grad():
+        _, J = jacobian(shape.position_fn(shape.tensors), shape.basis.new_zeros(shape.dims))
+        G = metric(J, shape.latent.masses)
+    return float((2 * np.pi * frequency) ** 2 * G.diagonal().mean())
+
+
+def reduced_model_shape(
+    model: NeuROK,
+    rest: np.ndarray,
+    faces: np.ndarray | None,
+    shape_cfg: ModelShapeConfig,
+    dynamics: DynamicsConfig,
+    seed: int = 0,
+) -> tuple[ReducedShape, SimulatorConfig]:
+    """The reduced shape of a normalised rest mesh, and the simulator config with its stiffness set."""
+    latent = latent_shape(model, rest, faces, shape_cfg.points, shape_cfg.max_queries, seed=seed)
+    reduced = active_subspace(latent, dynamics.reduction)
+    sim = dynamics.simulator
+    if shape_cfg.frequency > 0:
+        sim = dataclasses.replace(sim, stiffness=stiffness_for(reduced, shape_cfg.frequency))
+    return reduced, sim
+
+
+@dataclass
+class MeshRollout:
+    """A rollout of one mesh, in its own units, with its energies (normalised units, total mass 1)."""
+
+    time: np.ndarray  # (T,) s
+    vertices: np.ndarray  # (T, V, 3) mesh units
+    normalised: np.ndarray  # (T, V, 3)
+    faces: np.ndarray  # (F, 3)
+    center: np.ndarray  # (3,)
+    scale: float
+    kinetic: np.ndarray  # (T,)
+    potential: np.ndarray  # (T,)
+    work: np.ndarray  # (T,)
+    q: np.ndarray  # (T, k_q)
+    energy_drift: float
+
+    @classmethod
+    def from_rollout(cls, out: Rollout, faces: np.ndarray, center: np.ndarray, scale: float) -> MeshRollout:
+        normalised = out.vertices[0].numpy()
+        return cls(
+            out.time.numpy(),
+            normalised * scale + center,
+            normalised,
+            faces,
+            center,
+            scale,
+            out.kinetic[0].numpy(),
+            out.potential[0].numpy(),
+            out.work[0].numpy(),
+            out.q[0].numpy(),
+            float(out.energy_drift()[0]),
+        )
+
+
+def simulate_mesh(
+    model: NeuROK,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    conditions: MeshConditions,
+    shape_cfg: ModelShapeConfig,
+    dynamics: DynamicsConfig,
+    poke_radius: float = 0.15,
+    seed: int = 0,
+) -> MeshRollout:
+    """Normalise the mesh, reduce the model's shape space for it, and roll out under `conditions`."""
+    center, scale = normalisation(vertices[None])
+    rest = ((vertices - center) / scale).astype(np.float32)
+    shape, sim = reduced_model_shape(model, rest, faces, shape_cfg, dynamics, seed)
+    sim = dataclasses.replace(sim, gravity=[g / scale for g in conditions.gravity])
+    dtype = shape.basis.dtype
+    rest_t = torch.from_numpy(rest).to(dtype)
+    point_forces = [
+        PointForce(
+            region_near(
+                rest_t, [(p - c) / scale for p, c in zip(poke.point, center, strict=True)], poke_radius
+            ),
+            [f / scale for f in poke.force],  # the model's object has mass 1 (paper s9.2): a = F / 1
+            poke.start,
+            poke.end,
+        )
+        for poke in conditions.pokes
+    ]
+    forcing = Forcing.stack([Forcing.build(len(rest), point_forces, dtype=dtype)])
+    velocity = rest_t.new_tensor(conditions.velocity).div(scale).expand(len(rest), 3)
+    bc = BoundaryConditions.stack([BoundaryConditions.velocity_field(velocity)])
+    q0, qdot0 = solve_initial_state(shape, bc, dynamics.boundary)
+    out = rollout(shape, q0, qdot0, sim, forcing)
+    return MeshRollout.from_rollout(out, np.asarray(faces), center, scale)
+
+
+def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
+    lines = [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices]
+    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_rollout(
+    out_dir: str | Path,
+    result: MeshRollout,
+    render: RenderConfig,
+    truth: np.ndarray | None = None,
+    title: str = "NeuROK rollout",
+) -> dict[str, Path]:
+    """rollout.npz, frames/frame_NNNN.obj, rollout.mp4|gif, viewer.html under out_dir; `truth` (T, V, 3)
+    in mesh units, when given, is stored and shown beside the prediction."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {"npz": out / "rollout.npz"}
+    arrays = {k: v for k, v in dataclasses.asdict(result).items() if k != "energy_drift"}
+    if truth is not None:
+        arrays["truth"] = truth
+    np.savez_compressed(files["npz"], energy_drift=result.energy_drift, **arrays)
+    if render.obj:
+        frames_dir = out / "frames"
+        frames_dir.mkdir(exist_ok=True)
+        for t, vertices in enumerate(result.vertices):
+            write_obj(frames_dir / f"frame_{t:04d}.obj", vertices, result.faces)
+        files["obj"] = frames_dir
+    panels = (
+        {"prediction": result.vertices} if truth is None else {"truth": truth, "prediction": result.vertices}
+    )
+    fps = 1.0 / float(result.time[1] - result.time[0]) if len(result.time) > 1 else 30.0
+    if render.video != "none":
+        if render.video not in ("mp4", "gif"):
+            raise BadInputError(f"render.video must be mp4, gif or none, got {render.video!r}")
+        frames = render_frames(panels, result.faces, render.size)
+        files["video"] = write_video(frames, out / f"rollout.{render.video}", fps)
+    if render.viewer:
+        files["viewer"] = write_viewer(out / "viewer.html", panels, result.faces, fps, title)
+    return files
+
+
+def conditions_from_cli(pokes: Sequence[str], gravity: str | None, velocity: str | None) -> MeshConditions:
+    return MeshConditions(
+        [parse_poke(p) for p in pokes],
+        parse_vector(gravity, "--gravity") if gravity else (0.0, 0.0, 0.0),
+        parse_vector(velocity, "--velocity") if velocity else (0.0, 0.0, 0.0),
+    )
