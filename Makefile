@@ -34,14 +34,15 @@ train: $(STAMP) ## train in one process: make train args="preset=tiny trainer.ma
 mlflow-ui: $(STAMP) ## browse the local runs (outputs/mlflow.db) at http://127.0.0.1:5000
 	.venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
 
-test: $(STAMP) ## fast test suite (what CI runs)
+test: $(STAMP) ## fast test suite and lint (what CI runs)
 	$(PY) -m pytest -q
+	.venv/bin/ruff check platform tests benchmarks k8s scripts
 
 test-full: $(STAMP) ## every test, slow end-to-end ones included
 	$(PY) -m pytest -q -m ''
 
 lint: $(STAMP) ## ruff
-	.venv/bin/ruff check platform tests benchmarks
+	.venv/bin/ruff check platform tests benchmarks k8s scripts
 
 bench: $(STAMP) ## benchmarks: JSON + markdown table under benchmarks/results/
 	$(PY) benchmarks/run.py

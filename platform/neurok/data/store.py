@@ -200,8 +200,8 @@ class StoreWriter:
             new = self._new_attrs.get("provenance", {}).get("recipe_hash")
             if old and new and old != new:
                 raise StoreError(
-                    f"{self.path}: this store was written from a different recipe or source (hash {old[:12]} vs "
-                    f"{new[:12]}); write to a new --out path or delete the store first"
+                    f"{self.path}: this store was written from a different recipe or source (hash "
+                    f"{old[:12]} vs {new[:12]}); write to a new --out path or delete the store first"
                 )
             self._commits = _read_commits(self.root)
             log.info("%s: resuming, %d loader shards already complete", self.path, len(self._commits))
