@@ -23,7 +23,8 @@ demo: $(STAMP) ## generate the default dataset, check it, train the base model o
 	$(NEUROK) data inspect datasets/out/default.zarr
 	$(NEUROK) train pipelines/train.yaml data.store=datasets/out/default.zarr run_name=demo
 	$(NEUROK) eval --model outputs/runs/demo/checkpoints/last.ckpt --data datasets/out/default.zarr \
-		split=test objects=1 rollouts=1 dynamics.simulator.frames=30 out_dir=outputs/eval/demo
+		split=test objects=1 rollouts=1 dynamics.simulator.frames=8 dynamics.ik.iterations=50 \
+		out_dir=outputs/eval/demo
 
 eval: $(STAMP) ## evaluate a checkpoint: make eval model=outputs/runs/NAME/checkpoints/last.ckpt [args="objects=2"]
 	$(NEUROK) eval --model $(model) --data $(or $(data),datasets/out/default.zarr) $(args)
