@@ -140,3 +140,72 @@ def test_credentials_stay_off_the_command_line(server):
     assert "postgresql" not in cmdline  # the DSN comes from MLFLOW_BACKEND_STORE_URI
     environ = Path(f"/proc/{server['proc'].pid}/environ").read_bytes().split(b"\0")
     assert b"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in environ
+
+
+@pytest.mark.slow
+def test_train_register_and_pull_the_simulator_through_postgres(server, tmp_path, monkeypatch):
+    """The real flow against the server: a tiny `neurok train`, the simulator package registered and
+    promoted, then `neurok registry pull` and a prediction in a fresh process."""
+    import json
+    import subprocess
+    import sys
+
+    from neurok.cli.main import main
+    from neurok.config import load_config
+    from neurok.eval.config import SimulateConfig
+    from neurok.track.registry import RegistryConfig, promote, register
+    from neurok.train.checkpoint import read_checkpoint
+    from neurok.train.local import train
+    from test_loader_stores import write_store
+    from test_registry import SIMULATE, mesh_input
+    from test_train import tiny_config
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server["url"])
+    monkeypatch.chdir(tmp_path)
+    store = write_store(tmp_path / "s.zarr", (4, 4), splits={3: "val"})
+    result = train(
+        tiny_config(
+            store,
+            tmp_path / "out",
+            "run_name=pg-reg",
+            "trainer.max_steps=4",
+            "trainer.plot_objects=0",
+            "experiment=neurok-pg-sim",
+        )
+    )
+    simulate_cfg = load_config(SimulateConfig, ROOT / "pipelines" / "simulate.yaml", SIMULATE)
+    report = {"test/chamfer_l1": 0.1, "test/ik_chamfer_l1": 0.1, "test/energy_drift": 0.01}
+    version = register(
+        server["url"],
+        result.run_id,
+        "neurok-pg-sim",
+        read_checkpoint(result.last_checkpoint),
+        "preset: tiny\n",
+        {"path": store, "content_hash": "x"},
+        report,
+        simulate_cfg,
+    )
+    assert promote(server["url"], f"neurok-pg-sim/{version.version}", RegistryConfig()).promoted
+
+    out = tmp_path / "pulled"
+    assert main(["registry", "pull", "neurok-pg-sim@champion", "--out", str(out)]) == 0
+    model_dir = next(p.parent for p in out.rglob("MLmodel"))
+    inputs = {k: v.tolist() for k, v in mesh_input(1).items()}
+    code = (
+        "import sys, json, numpy as np, mlflow\n"
+        "x = {k: np.asarray(v, np.int64 if k == 'faces' else float)\n"
+        "     for k, v in json.loads(sys.argv[2]).items()}\n"
+        "print(mlflow.pyfunc.load_model(sys.argv[1]).predict(x, params={'frames': 2})['vertices'].shape)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the folder alone suffices
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(model_dir), json.dumps(inputs)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "(3, 42, 3)"
+    assert list(server["artifacts"].rglob("model.ckpt"))  # the package went through the proxied store

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 def test_train_cli_run_in_mlflow(tmp_path, monkeypatch, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # a tiny run lasts seconds
     store = write_store(tmp_path / "s.zarr", (4, 4, 4, 4), splits={3: "val", 9: "val"})
     code = main(
         [

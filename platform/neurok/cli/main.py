@@ -9,7 +9,14 @@ import sys
 from neurok.errors import NeurokError
 
 # Each module exposes register(subparsers); a command's handler is set as `func` on its parser.
-GROUPS = ("neurok.cli.data", "neurok.cli.train")
+GROUPS = (
+    "neurok.cli.data",
+    "neurok.cli.train",
+    "neurok.cli.eval",
+    "neurok.cli.simulate",
+    "neurok.cli.registry",
+    "neurok.cli.tune",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,214 @@
+"""The registry: a briefly trained tiny model as a simulator package, alias gates, pull, and serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import trimesh
+from mlflow.tracking import MlflowClient
+
+from neurok.cli.main import main
+from neurok.config import load_config
+from neurok.eval.config import SimulateConfig
+from neurok.track.registry import CHALLENGER, CHAMPION, RegistryConfig, promote, register
+from neurok.train.checkpoint import read_checkpoint
+from test_loader_stores import write_store
+from test_train import tiny_config
+
+torch.set_num_threads(1)
+
+# Small enough that a rollout of a few frames takes a second or two.
+SIMULATE = [
+    "shape.points=128",
+    "shape.max_queries=128",
+    "dynamics.reduction.samples=16",
+    "dynamics.reduction.max_dims=3",
+    "dynamics.boundary.iterations=10",
+    "dynamics.simulator.frames=4",
+    "dynamics.simulator.damping=1.0",
+]
+GOOD = {"test/chamfer_l1": 0.10, "test/ik_chamfer_l1": 0.12, "test/energy_drift": 0.01}
+
+
+def mesh_input(subdivisions: int) -> dict:
+    mesh = trimesh.creation.icosphere(subdivisions=subdivisions, radius=0.3)
+    return {
+        "vertices": np.asarray(mesh.vertices, np.float64),
+        "faces": np.asarray(mesh.faces, np.int64),
+        "gravity": np.array([0.0, -0.1, 0.0]),  # gentle: a model trained for seconds is nearly rigid
+        "initial_velocity": np.array([0.01, 0.0, 0.0]),
+        "pokes": np.array([[0.3, 0.0, 0.0, -0.02, 0.0, 0.0, 0.0, 0.05]]),
+        "drags": np.array([[0.0, 0.3, 0.0, 0.0, 0.002, 0.0, 0.0, 0.1]]),
+    }
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A tracking store with a briefly trained model registered as version 1 (champion)."""
+    tmp = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        store = write_store(tmp / "s.zarr", (4, 4), splits={3: "val"})
+        from neurok.train.local import train
+
+        result = train(
+            tiny_config(store, tmp / "out", "run_name=reg", "trainer.max_steps=4", "trainer.plot_objects=0")
+        )
+        checkpoint = read_checkpoint(result.last_checkpoint)
+        simulate_cfg = load_config(SimulateConfig, "pipelines/simulate.yaml", SIMULATE)
+
+        def add(report: dict) -> str:
+            dataset = {"path": store, "content_hash": "abc123"}
+            version = register(
+                uri, result.run_id, "neurok", checkpoint, "preset: tiny\n", dataset, report, simulate_cfg
+            )
+            return str(version.version)
+
+        v1 = add(GOOD)
+        assert promote(uri, f"neurok/{v1}", RegistryConfig()).promoted
+        yield {"uri": uri, "tmp": tmp, "add": add, "v1": v1}
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def test_predict_any_vertex_count(registry):
+    model = mlflow.pyfunc.load_model("models:/neurok@champion")
+    for subdivisions in (1, 2):  # 42 and 162 vertices
+        inputs = mesh_input(subdivisions)
+        out = model.predict(inputs, params={"frames": 3, "integrator": "rk4"})
+        assert out["vertices"].shape == (4, len(inputs["vertices"]), 3)
+        assert out["kinetic"].shape == out["potential"].shape == (4,)
+        assert np.isfinite(out["vertices"]).all()
+        np.testing.assert_allclose(out["vertices"][0], inputs["vertices"], atol=0.05)  # starts at the mesh
+    meta = model.metadata
+    assert meta.signature.params.to_dict()[0]["name"] == "frames"
+    assert meta.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.model"  # a pyfunc, not pt2
+
+
+def test_worse_challenger_keeps_the_champion(registry):
+    uri, client = registry["uri"], MlflowClient(registry["uri"])
+    worse = registry["add"]({**GOOD, "test/chamfer_l1": 0.2})
+    assert str(client.get_model_version_by_alias("neurok", CHALLENGER).version) == worse
+    decision = promote(uri, "neurok@challenger", RegistryConfig())
+    assert not decision.promoted and "test/chamfer_l1" in decision.reason
+    assert str(client.get_model_version_by_alias("neurok", CHAMPION).version) == registry["v1"]
+    tags = client.get_model_version("neurok", worse).tags
+    assert tags["promotion.decision"] == "rejected"
+    assert tags["promotion.previous_champion"] == registry["v1"]
+    compared = json.loads(tags["promotion.compared"])
+    assert compared["test/chamfer_l1"] == {"challenger": 0.2, "champion": 0.1, "mode": "min", "passed": False}
+    assert compared["test/energy_drift"]["passed"]
+
+    better = registry["add"]({**GOOD, "test/chamfer_l1": 0.09})
+    assert main(["registry", "promote", f"neurok/{better}"]) == 0
+    assert str(client.get_model_version_by_alias("neurok", CHAMPION).version) == better
+    old = client.get_model_version("neurok", registry["v1"]).tags
+    assert old["champion.replaced_by"] == better and old["champion.until"]
+    assert main(["registry", "promote", f"neurok/{worse}"]) == 1  # still worse than the new champion
+    assert main(["registry", "list", "neurok"]) == 0
+    # restore version 1 as champion for the tests that follow
+    client.set_registered_model_alias("neurok", CHAMPION, registry["v1"])
+
+
+def test_pull_loads_in_a_fresh_process(registry, capsys):
+    out = registry["tmp"] / "pulled"
+    assert main(["registry", "pull", "neurok@champion", "--out", str(out)]) == 0
+    model_dir = out / "simulator" if (out / "simulator").is_dir() else out
+    assert (model_dir / "MLmodel").is_file() and (model_dir / "artifacts" / "model.ckpt").is_file()
+    assert json.loads((model_dir / "registry.json").read_text())["version"] == registry["v1"]
+    code = (
+        "import sys, json, numpy as np, mlflow, trimesh\n"
+        "mesh = trimesh.creation.box(extents=(0.4, 0.2, 0.3)).subdivide()\n"  # never seen in training
+        "x = {'vertices': np.asarray(mesh.vertices, float), 'faces': np.asarray(mesh.faces, np.int64),\n"
+        "     'gravity': np.array([0, -0.1, 0.]), 'initial_velocity': np.zeros(3),\n"
+        "     'pokes': np.zeros((0, 8)), 'drags': np.zeros((0, 8))}\n"
+        "for uri in (sys.argv[1], 'models:/neurok@champion'):\n"
+        "    out = mlflow.pyfunc.load_model(uri).predict(x, params={'frames': 2})\n"
+        "    print(json.dumps(list(out['vertices'].shape)))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"]}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(model_dir)],
+        capture_output=True,
+        text=True,
+        cwd=registry["tmp"],
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["[3,", "26,", "3]"] * 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_http(registry):
+    port = _free_port()
+    bin_dir = os.path.dirname(sys.executable)  # the server execs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"], "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = "300"  # the default 60 s is short on a busy 2-core box
+    mlflow_bin = os.path.join(bin_dir, "mlflow")
+    cmd = [
+        mlflow_bin,
+        "models",
+        "serve",
+        "-m",
+        "models:/neurok@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
+    with open(registry["tmp"] / "serve.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, (registry["tmp"] / "serve.log").read_text()
+            time.sleep(1)
+        inputs = {k: v.tolist() for k, v in mesh_input(1).items()}
+        body = json.dumps({"inputs": inputs, "params": {"frames": 2}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as r:
+                predictions = json.loads(r.read())["predictions"]
+        except urllib.error.HTTPError as exc:
+            pytest.fail(f"HTTP {exc.code}: {exc.read().decode()[:2000]}")
+        assert np.asarray(predictions["vertices"]).shape == (3, 42, 3)
+        assert len(predictions["kinetic"]) == 3
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
