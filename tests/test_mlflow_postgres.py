@@ -161,18 +161,17 @@ def test_train_register_and_pull_the_simulator_through_postgres(server, tmp_path
     from test_train import tiny_config
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server["url"])
-    monkeypatch.chdir(tmp_path)
     store = write_store(tmp_path / "s.zarr", (4, 4), splits={3: "val"})
-    result = train(
-        tiny_config(
-            store,
-            tmp_path / "out",
-            "run_name=pg-reg",
-            "trainer.max_steps=4",
-            "trainer.plot_objects=0",
-            "experiment=neurok-pg-sim",
-        )
+    cfg = tiny_config(
+        store,
+        tmp_path / "out",
+        "run_name=pg-reg",
+        "trainer.max_steps=4",
+        "trainer.plot_objects=0",
+        "experiment=neurok-pg-sim",
     )
+    monkeypatch.chdir(tmp_path)  # the config is read; anything written to the CWD lands in the temp dir
+    result = train(cfg)
     simulate_cfg = load_config(SimulateConfig, ROOT / "pipelines" / "simulate.yaml", SIMULATE)
     report = {"test/chamfer_l1": 0.1, "test/ik_chamfer_l1": 0.1, "test/energy_drift": 0.01}
     version = register(
