@@ -4,10 +4,13 @@
   the job driver and the Train controller, plus N worker nodes of 1 CPU each) in a short temp dir, with a
   fresh token for token auth set the same way on every node and on the job client; submit to it; stop
   exactly those processes afterwards (also on Ctrl-C or failure).
-- RAY_ADDRESS set (a Jobs/dashboard address, e.g. http://127.0.0.1:8265 through a port-forward; with
-  RAY_AUTH_MODE=token and RAY_AUTH_TOKEN for a token-auth cluster): submit there with this repository as
-  the job's working dir; the cluster's image provides the installed package. Paths in the config must then
-  be paths on the cluster (see pipelines/cluster-gpu.yaml).
+- RAY_ADDRESS set (the Jobs/dashboard address of a cluster started separately, e.g. http://127.0.0.1:8265
+  through a port-forward; RAY_AUTH_TOKEN for a token-auth cluster): submit there, with this repository as
+  the job's working dir and this checkout's `neurok` package on its path; the cluster's `python` provides
+  the dependencies. Relative paths of the config (output_dir, data.store, the storage path) are made
+  absolute here, so the job writes where this script says, not into its throwaway copy of the working
+  dir: on another machine they must be shared paths (see pipelines/cluster-gpu.yaml). A set
+  MLFLOW_TRACKING_URI goes to the job too (then every node must reach it). The cluster is left running.
 
 Ctrl-C stops the job; its checkpoints stay, and the same command resumes it.
 
@@ -30,17 +33,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from neurok.errors import NeurokError
+from neurok.errors import ConfigError, NeurokError
 from neurok.track import tracking_uri
-from neurok.train.config import load_train_config
+from neurok.train.config import TrainConfig, load_train_config
 
-# Nothing here imports ray at module level: Ray reads RAY_AUTH_MODE/RAY_AUTH_TOKEN once, when first imported,
-# and the local cluster's token is only known after it starts.
+# Nothing here imports ray (nor neurok.train.ray_launcher) at module level: Ray reads RAY_AUTH_MODE and
+# RAY_AUTH_TOKEN once, when first imported, and the local cluster's token is only known after it starts.
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 # What a remote job does not need from the working dir (Ray caps its size; data and runs live on the cluster).
-EXCLUDES = [".git", ".venv", "datasets/out", "outputs", "mlruns", "benchmarks/results", "**/__pycache__"]
+EXCLUDES = [
+    *(".git", ".venv", "datasets/out", "outputs", "mlruns", "mlartifacts", "benchmarks/results"),
+    *("**/__pycache__", ".pytest_cache", ".ruff_cache", "*.db"),
+]
+PACKAGE = ROOT / "platform" / "neurok"  # uploaded too: the job runs this checkout's code
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -82,6 +89,8 @@ class LocalCluster:
 
     def start(self) -> None:
         os.environ.update(self.env)  # the job client in this process authenticates with the same token
+        # A shell running us in the background ignores SIGINT, and so would our nodes: `stop` needs it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         self._start(
             "--head",
             f"--port={self.port}",
@@ -147,6 +156,70 @@ def submit(address: str, entrypoint: str, runtime_env: dict) -> str:
     return status
 
 
+def remote_job(config: str, overrides: list[str], cfg: TrainConfig, env_vars: dict) -> tuple[str, dict]:
+    """The entrypoint and runtime env of the job on a cluster started elsewhere."""
+    from neurok.train.ray_launcher import storage_path, with_absolute_paths
+
+    cfg = with_absolute_paths(cfg)
+    paths = [
+        f"output_dir={cfg.output_dir}",
+        f"data.store={cfg.data.store}",
+        f"ray.storage_path={storage_path(cfg)}",
+    ]
+    command = ["python", "-m", "neurok.cli.main", "train", config_in_repo(config), *overrides, *paths]
+    if uri := os.environ.get(
+        "MLFLOW_TRACKING_URI"
+    ):  # where the user points MLflow, not the cluster's default
+        env_vars = env_vars | {"MLFLOW_TRACKING_URI": uri}
+    runtime_env = {
+        "working_dir": str(ROOT),
+        "py_modules": [str(PACKAGE)],
+        "excludes": EXCLUDES,
+        "env_vars": env_vars,
+    }
+    return shlex.join(command), runtime_env
+
+
+def config_in_repo(config: str) -> str:
+    """The config's path inside the job's working dir (a copy of this repository)."""
+    path = Path(config).resolve()
+    if not path.is_relative_to(ROOT):
+        raise ConfigError(
+            f"{config}: with RAY_ADDRESS the config must be inside {ROOT} (the job's working dir)"
+        )
+    return str(path.relative_to(ROOT))
+
+
+def local_job(config: str, overrides: list[str]) -> str:
+    """Same machine, same files: run from this checkout with this interpreter."""
+    command = [sys.executable, "-m", "neurok.cli.main", "train", config, *overrides]
+    return f"cd {shlex.quote(str(ROOT))} && " + shlex.join(command)
+
+
+def report(cfg: TrainConfig, status: str, remote: bool) -> None:
+    """Where the checkpoints and the MLflow run are (read from the run's record when this machine sees it)."""
+    from neurok.train.ray_launcher import recorded_run, run_name, storage_path, with_absolute_paths
+
+    cfg = with_absolute_paths(cfg)  # what the job trains with: its run name hashes the absolute paths
+    name, storage = run_name(cfg), storage_path(cfg)
+    try:
+        recorded = recorded_run(storage, name)
+    except (OSError, ImportError):  # storage this machine cannot read (another filesystem, no credentials)
+        recorded = None
+    print(f"job {status}: Ray Train run '{name}'")
+    print(
+        f"  checkpoints: {storage}/{name}" + (" (a path on the cluster)" if remote and not recorded else "")
+    )
+    if recorded:
+        print(
+            f"  MLflow: run {recorded['run_id']} in {recorded['tracking_uri']}, experiment '{cfg.experiment}'"
+        )
+    elif remote:
+        print("  MLflow: the run id and tracking URI are in the job log above (as the cluster sees them)")
+    else:
+        print(f"  MLflow: {tracking_uri(cfg.output_dir)}, experiment '{cfg.experiment}' (make mlflow-ui)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -157,37 +230,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = ["launcher=ray", *args.overrides]
     cfg = load_train_config(args.config, overrides)  # a config error shows before any cluster starts
-    command = ["train", args.config, *overrides]
     env_vars = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}  # worker start-up on a loaded machine
 
     remote = os.environ.get("RAY_ADDRESS")
-    cluster = None
-    try:
-        if remote:
-            entrypoint = shlex.join(["neurok", *command])
-            runtime_env = {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
-            status = submit(remote, entrypoint, runtime_env)
-        else:
-            # Same machine, same files: run from this checkout with this interpreter.
-            entrypoint = f"cd {shlex.quote(str(ROOT))} && " + shlex.join(
-                [sys.executable, "-m", "neurok.cli.main", *command]
-            )
-            cluster = LocalCluster(args.nodes)
+    if remote:  # a cluster started elsewhere: submit and leave it running
+        if os.environ.get("RAY_AUTH_TOKEN"):  # Ray sends the token only in token mode
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+        status = submit(remote, *remote_job(args.config, overrides, cfg, env_vars))
+    else:
+        cluster = LocalCluster(args.nodes)
+        try:
             cluster.start()
-            status = submit(cluster.address, entrypoint, {"env_vars": env_vars})
-    finally:
-        if cluster is not None:
+            status = submit(cluster.address, local_job(args.config, overrides), {"env_vars": env_vars})
+        finally:
             cluster.stop()
             print("local Ray cluster stopped")
-
-    from neurok.train.ray_launcher import run_name, storage_path
-
-    print(f"job {status}: Ray Train run '{run_name(cfg)}'")
-    if remote:  # paths and the tracking store are the cluster's: the job log above names them
-        print("  the MLflow run and the last checkpoint are in the job log above (paths on the cluster)")
-    else:
-        print(f"  checkpoints: {storage_path(cfg)}/{run_name(cfg)}")
-        print(f"  MLflow: {tracking_uri(cfg.output_dir)}, experiment '{cfg.experiment}' (make mlflow-ui)")
+    report(cfg, status, bool(remote))
     return 0 if status == "SUCCEEDED" else 1
 
 

@@ -56,6 +56,13 @@ def _absolute(path: str) -> str:
     return path if _is_url(path) or not path else str(Path(path).resolve())
 
 
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config a run trains with: local paths resolved against the current directory. The run name
+    hashes the config, so whoever names a run (the driver, `make train-cluster`) resolves them first."""
+    data = replace(cfg.data, store=_absolute(cfg.data.store))
+    return replace(cfg, output_dir=_absolute(cfg.output_dir), data=data)
+
+
 def storage_path(cfg: TrainConfig) -> str:
     path = cfg.ray.storage_path or os.environ.get("NEUROK_RAY_STORAGE") or f"{cfg.output_dir}/ray_results"
     return _absolute(path)
@@ -70,16 +77,21 @@ def run_name(cfg: TrainConfig) -> str:
     return f"{Path(cfg.preset).stem}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 
 
-def _open_mlflow_run(cfg: TrainConfig, uri: str, storage: str, name: str) -> tuple[str, bool]:
-    """(run id, resumed): the MLflow run recorded for this Ray run name, or a new one recorded there."""
+def recorded_run(storage: str, name: str) -> dict | None:
+    """{"run_id", "tracking_uri"}: the MLflow run recorded beside the checkpoints of a Ray run, if any."""
     fs, root = fsspec.core.url_to_fs(storage)
     marker = f"{root}/{name}/{RUN_MARKER}"
-    if fs.exists(marker):
-        recorded = json.loads(fs.cat_file(marker))
+    return json.loads(fs.cat_file(marker)) if fs.exists(marker) else None
+
+
+def _open_mlflow_run(cfg: TrainConfig, uri: str, storage: str, name: str) -> tuple[str, bool]:
+    """(run id, resumed): the MLflow run recorded for this Ray run name, or a new one recorded there."""
+    if recorded := recorded_run(storage, name):
         return open_run(uri, cfg.experiment, name, cfg.output_dir, run_id=recorded["run_id"]), True
+    fs, root = fsspec.core.url_to_fs(storage)
     run_id = open_run(uri, cfg.experiment, name, cfg.output_dir)
     fs.makedirs(f"{root}/{name}", exist_ok=True)
-    fs.pipe_file(marker, json.dumps({"run_id": run_id, "tracking_uri": uri}).encode())
+    fs.pipe_file(f"{root}/{name}/{RUN_MARKER}", json.dumps({"run_id": run_id, "tracking_uri": uri}).encode())
     return run_id, False
 
 
@@ -211,8 +223,7 @@ def train(cfg: TrainConfig, callbacks: list[pl.Callback] | None = None) -> Train
         raise ConfigError("resume=PATH is for launcher=local; with launcher=ray rerun with the same run_name")
     if cfg.ray.num_workers < 1:
         raise ConfigError(f"ray.num_workers={cfg.ray.num_workers}: at least one worker is needed")
-    data = replace(cfg.data, store=_absolute(cfg.data.store))
-    cfg = replace(cfg, output_dir=_absolute(cfg.output_dir), data=data)
+    cfg = with_absolute_paths(cfg)
     open_store(cfg.data.store)  # a missing store fails before an MLflow run is opened
     name, storage = run_name(cfg), storage_path(cfg)
     uri = tracking_uri(cfg.output_dir)
