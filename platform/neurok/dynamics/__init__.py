@@ -3,7 +3,7 @@
 shape       LatentShape: what the dynamics need from a model (a pure decoder, mu_cond, masses)
 reduction   active subspace: reduced coordinates q, z(q) = mu_cond + A^T q
 mechanics   the Lagrangian terms: metric, Christoffel term, potential, generalized forces
-integrators implicit midpoint (symplectic, default) and RK4
+integrators variational Stormer-Verlet in vertex space (symplectic, default) and RK4
 simulator   batched rollouts with energy bookkeeping and blow-up guards
 forces      persistent external forces (point forces over a window, wind with drag)
 conditions  initial boundary conditions (pokes, drags, velocity fields) -> (q0, q0')

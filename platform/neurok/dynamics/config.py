@@ -12,7 +12,7 @@ from neurok.errors import ConfigError
 
 
 class Integrator(StrEnum):
-    midpoint = "midpoint"  # implicit midpoint on (q, p): symplectic, the default (see integrators.py)
+    variational = "variational"  # Stormer-Verlet in vertex space: symplectic, the default (integrators.py)
     rk4 = "rk4"
 
 
@@ -39,6 +39,7 @@ class ReductionConfig:
     max_dims: int = 16  # cap on k_q
     min_dims: int = 1
     dims: int | None = None  # fix k_q instead of choosing it at the largest eigenvalue gap
+    min_inertia: float = 1e-2  # drop directions whose metric eigenvalue is below this share of the largest
     seed: int = 0
     chunk_size: int | None = 64  # decoder evaluations per vectorised batch (bounds memory)
 
@@ -47,15 +48,16 @@ class ReductionConfig:
 class SimulatorConfig:
     """Latent Lagrangian rollout (paper s5.1-5.3)."""
 
-    dt: float = 1 / 240  # s, integrator step
+    dt: float = 1 / 120  # s, the coarsest integrator step (the paper: 1/240); see max_omega_dt
     fps: float = 30.0  # output frame rate; 1 / (fps dt) must be a whole number of steps
     frames: int = 60  # output frames after the initial one (2 s at 30 fps)
-    integrator: Integrator = Integrator.midpoint
-    midpoint_iterations: int = 20  # most fixed-point iterations of the implicit midpoint step
-    midpoint_tol: float = 1e-6  # stop iterating when dt |change of q'| < tol (latent units); float32: 1e-5
+    integrator: Integrator = Integrator.variational
+    solver_iterations: int = 20  # most quasi-Newton iterations of the variational step's position solve
+    solver_tol: float = 1e-5  # stop when a correction moves the vertices less (RMS; float32 noise ~1e-6)
     stiffness: float = 1.0  # kappa in V = kappa/2 |q|^2 (negative log prior in reduced coordinates)
     damping: float = 0.0  # c in the Rayleigh force -c G q', 1/s; 0 conserves energy
     gravity: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # m/s^2, y-up; Earth: [0, -9.81, 0]
+    max_omega_dt: float = 0.2  # refine dt so the fastest mode's omega dt is at most this; 0: use dt as is
     eps: float = 1e-6  # metric regulariser: solve with G + eps tr(G)/k_q I
     max_energy_error: float = 0.5  # guard: stop when |E - E0 - W| exceeds this share of (max T + |W|)
 

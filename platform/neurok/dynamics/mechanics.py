@@ -8,8 +8,7 @@
     Q = J^T f_ext - c G q'                  external generalized forces and Rayleigh damping
 
 The functions are for one object and one state; `System` vectorises them over a batch with vmap.
-J comes from k_q forward-mode JVPs (jacfwd), C from one JVP nested in a JVP; the Hamiltonian form's
-dT/dq (see integrators.py) from one reverse pass over a JVP.
+J comes from k_q forward-mode JVPs (jacfwd); C, which only RK4 needs, from one JVP nested in a JVP.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-from torch.func import grad, jacfwd, jvp, vmap
+from torch.func import jacfwd, jvp, vmap
 
 from neurok.dynamics.forces import Forcing, vertex_forces
 from neurok.dynamics.shape import ReducedShape
@@ -49,11 +48,9 @@ def curvature(position: Position, q: torch.Tensor, v: torch.Tensor) -> torch.Ten
     return jvp(lambda q: jvp(position, (q,), (v,))[1], (q,), (v,))[1]
 
 
-def kinetic_gradient(
-    position: Position, masses: torch.Tensor, q: torch.Tensor, v: torch.Tensor
-) -> torch.Tensor:
-    """dT/dq at fixed q' = v (k_q,): reverse mode over one JVP, as cheap as a few decodes whatever k_q."""
-    return grad(lambda q: 0.5 * torch.einsum("v,vi->", masses, jvp(position, (q,), (v,))[1].square()))(q)
+def pullback(J: torch.Tensor, masses: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """J^T M w (k_q,) of a per-vertex field w (V, 3): e.g. a momentum from vertex displacements."""
+    return torch.einsum("vik,v,vi->k", J, masses, w)
 
 
 def metric(J: torch.Tensor, masses: torch.Tensor) -> torch.Tensor:
@@ -87,8 +84,8 @@ class Terms(NamedTuple):
     Q: torch.Tensor  # (k_q,) non-conservative generalized force: external and damping
 
 
-def terms(
-    position: Position,
+def terms_from_jacobian(
+    J: torch.Tensor,
     masses: torch.Tensor,
     physics: Physics,
     forcing: Forcing,
@@ -96,7 +93,7 @@ def terms(
     v: torch.Tensor,
     t: float,
 ) -> Terms:
-    x, J = jacobian(position, q)
+    """The terms at (q, v) given J there: einsums only, no decoder evaluation."""
     G = metric(J, masses)
     grad_V = physics.stiffness * q - torch.einsum("vik,v,i->k", J, masses, physics.gravity)
     f = vertex_forces(forcing, masses, t, torch.einsum("vik,k->vi", J, v))
@@ -108,7 +105,7 @@ def coriolis(
     position: Position, masses: torch.Tensor, J: torch.Tensor, q: torch.Tensor, v: torch.Tensor
 ) -> torch.Tensor:
     """C = J^T M D^2x[v, v] (k_q,), the Christoffel term: G' v - dT/dq."""
-    return torch.einsum("vik,v,vi->k", J, masses, curvature(position, q, v))
+    return pullback(J, masses, curvature(position, q, v))
 
 
 def matvec(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -124,23 +121,29 @@ class System:
 
     def __init__(self, shape: ReducedShape, physics: Physics, forcing: Forcing):
         self.physics, self.forcing, self.tensors = physics, forcing, shape.tensors
+        self.total_mass = shape.tensors.masses.sum(-1)  # () or (B,)
         position, dims = shape.position_fn, shape.in_dims
+        self._position = vmap(lambda q, s: position(s)(q), in_dims=(0, dims))
         self._jacobian = vmap(lambda q, s: jacobian(position(s), q), in_dims=(0, dims))
+        self._pullback = vmap(lambda J, w, s: pullback(J, s.masses, w), in_dims=(0, 0, dims))
         self._metric = vmap(lambda J, s: metric(J, s.masses), in_dims=(0, dims))
         self._potential = vmap(lambda q, x, s: potential(physics, s.masses, q, x), in_dims=(0, 0, dims))
-        self._terms = vmap(
-            lambda q, v, t, s, f: terms(position(s), s.masses, physics, f, q, v, t),
-            in_dims=(0, 0, None, dims, 0),
-        )
-        self._kinetic_gradient = vmap(
-            lambda q, v, s: kinetic_gradient(position(s), s.masses, q, v), in_dims=(0, 0, dims)
+        self._terms_from_jacobian = vmap(
+            lambda J, q, v, t, s, f: terms_from_jacobian(J, s.masses, physics, f, q, v, t),
+            in_dims=(0, 0, 0, None, dims, 0),
         )
         self._coriolis = vmap(
             lambda J, q, v, s: coriolis(position(s), s.masses, J, q, v), in_dims=(0, 0, 0, dims)
         )
 
+    def position(self, q: torch.Tensor) -> torch.Tensor:
+        return self._position(q, self.tensors)
+
     def jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._jacobian(q, self.tensors)
+
+    def pullback(self, J: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self._pullback(J, w, self.tensors)
 
     def metric(self, J: torch.Tensor) -> torch.Tensor:
         return self._metric(J, self.tensors)
@@ -149,10 +152,10 @@ class System:
         return self._potential(q, x, self.tensors)
 
     def terms(self, q: torch.Tensor, v: torch.Tensor, t: float) -> Terms:
-        return self._terms(q, v, t, self.tensors, self.forcing)
+        return self.terms_from_jacobian(self.jacobian(q)[1], q, v, t)
 
-    def kinetic_gradient(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self._kinetic_gradient(q, v, self.tensors)
+    def terms_from_jacobian(self, J: torch.Tensor, q: torch.Tensor, v: torch.Tensor, t: float) -> Terms:
+        return self._terms_from_jacobian(J, q, v, t, self.tensors, self.forcing)
 
     def coriolis(self, J: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self._coriolis(J, q, v, self.tensors)

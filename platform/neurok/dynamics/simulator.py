@@ -7,6 +7,7 @@ over vertices or batch items.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -14,7 +15,7 @@ import torch
 
 from neurok.dynamics.config import Integrator, SimulatorConfig
 from neurok.dynamics.forces import Forcing
-from neurok.dynamics.integrators import RK4, Midpoint, NotConverged
+from neurok.dynamics.integrators import RK4, NotConverged, Variational
 from neurok.dynamics.mechanics import Physics, System, matvec
 from neurok.dynamics.shape import ReducedShape
 from neurok.errors import NeurokError
@@ -43,6 +44,7 @@ class Rollout:
     kinetic: torch.Tensor  # (B, F + 1) J
     potential: torch.Tensor  # (B, F + 1) J
     work: torch.Tensor  # (B, F + 1) J, done by external forces and damping since t = 0
+    steps: list[int]  # integrator steps of each frame interval (cfg.dt's, or more: see rollout)
 
     @property
     def total(self) -> torch.Tensor:
@@ -62,14 +64,39 @@ class Frame(NamedTuple):
     work: torch.Tensor
 
 
-def _stop(step: int, t: float, what: str, items: torch.Tensor, cfg: SimulatorConfig) -> NeurokError:
+def _stop(step: int, t: float, what: str, items: torch.Tensor, dt: float) -> NeurokError:
     return NeurokError(
         f"latent rollout blew up at step {step} (t = {t:.4f} s), batch item(s) {items.tolist()}: {what}. "
-        f"Reduce simulator.dt (now {cfg.dt:g} s) or the forces, or raise simulator.damping"
+        f"Reduce simulator.dt (now {dt:g} s) or the forces, or raise simulator.damping"
     )
 
 
-def _check_energy(frames: list[Frame], step: int, t: float, cfg: SimulatorConfig) -> None:
+def fastest_mode(G: torch.Tensor, stiffness: float) -> float:
+    """rad/s: the highest frequency sqrt(kappa / g) of the prior's restoring potential over the metric's
+    eigenvalues g, for a batch of metrics (B, k_q, k_q). Gravity and forces do not enter: an estimate."""
+    return math.sqrt(stiffness / torch.linalg.eigvalsh(G).amin().clamp_min(torch.finfo(G.dtype).tiny).item())
+
+
+MAX_REFINEMENT = 16  # a mode this much faster than cfg.dt resolves is a modelling problem, not a dt one
+
+
+def steps_per_frame(cfg: SimulatorConfig, omega: float) -> int:
+    """cfg's steps per output frame, or more, so that omega dt <= cfg.max_omega_dt: the energy error of
+    the variational integrator is about (omega dt)^2 / 8, so the default 0.2 keeps it near 0.5%."""
+    steps = cfg.steps_per_frame()
+    if not cfg.max_omega_dt:
+        return steps
+    needed = math.ceil(omega / (cfg.fps * cfg.max_omega_dt))
+    if needed > MAX_REFINEMENT * steps:
+        raise NeurokError(
+            f"latent rollout: the fastest mode oscillates at {omega:.3g} rad/s, which needs dt <= "
+            f"{cfg.max_omega_dt / omega:.3g} s, over {MAX_REFINEMENT}x finer than simulator.dt = "
+            f"{cfg.dt:g} s. Lower simulator.stiffness, or drop the light directions (reduction.min_inertia)"
+        )
+    return max(steps, needed)
+
+
+def _check_energy(frames: list[Frame], step: int, t: float, dt: float, cfg: SimulatorConfig) -> None:
     energy = (torch.stack([getattr(f, k) for f in frames], -1) for k in ("kinetic", "potential", "work"))
     ratio = relative_energy_error(*energy)[:, -1].abs()
     over = ~(ratio <= cfg.max_energy_error)  # NaN counts as over
@@ -78,7 +105,38 @@ def _check_energy(frames: list[Frame], step: int, t: float, cfg: SimulatorConfig
             f"the total energy error |E - E0 - W| is {ratio.max().item():.3g} of the energy in play "
             f"(limit simulator.max_energy_error = {cfg.max_energy_error:g})"
         )
-        raise _stop(step, t, what, over.nonzero().flatten(), cfg)
+        raise _stop(step, t, what, over.nonzero().flatten(), dt)
+
+
+class _StepFailed(Exception):
+    """A step of a frame failed: where, what, and which batch items."""
+
+    def __init__(self, step: int, t: float, what: str, items: torch.Tensor):
+        super().__init__(what)
+        self.step, self.t, self.what, self.items = step, t, what, items
+
+
+def _frame(integrator, system: System, state, t0: float, steps: int, cfg: SimulatorConfig):
+    """The state one output frame after `state` (at time t0), in `steps` equal steps."""
+    dt = 1 / (cfg.fps * steps)
+    for i in range(1, steps + 1):
+        t = t0 + i * dt
+        try:
+            state = integrator.step(system, state, t - dt, dt)
+        except torch.linalg.LinAlgError:
+            what = "the metric G is not positive definite (the state blew up, or the decoder ignores a q)"
+            raise _StepFailed(i, t, what, torch.arange(state.q.shape[0])) from None
+        except NotConverged as exc:
+            what = (
+                f"the variational step's position solve did not converge in {cfg.solver_iterations} "
+                f"iterations ({exc}, tolerance simulator.solver_tol = {cfg.solver_tol:g})"
+            )
+            raise _StepFailed(i, t, what, (exc.residual > cfg.solver_tol).nonzero().flatten()) from None
+        batch = state.q.shape[0]
+        bad = ~torch.stack([torch.isfinite(x).reshape(batch, -1).all(1) for x in state], 1).all(1)
+        if bad.any():
+            raise _StepFailed(i, t, "the state is not finite", bad.nonzero().flatten())
+    return state
 
 
 def rollout(
@@ -91,51 +149,47 @@ def rollout(
     """Integrate from (q0, q0') (B, k_q) for cfg.frames output frames.
 
     `shape` is one object shared by the batch, or a stack of B objects. `forcing` is batched (B, ...);
-    None means no external force. Raises NeurokError (step, time, quantity) when the state stops being
-    finite, the metric is not positive definite, the implicit step does not converge, or energy is
-    created beyond cfg.max_energy_error.
+    None means no external force. Each frame is integrated in equal steps, cfg.dt or finer: with
+    cfg.max_omega_dt set, fine enough for the fastest mode at the frame's start, and a frame whose step
+    fails is retried with twice the steps, up to MAX_REFINEMENT times cfg's. Raises NeurokError (step,
+    time, quantity) when the state stops being finite, the metric is not positive definite, the implicit
+    step does not converge, or energy is created beyond cfg.max_energy_error.
     """
-    steps_per_frame = cfg.steps_per_frame()
     batch, dtype, device = q0.shape[0], q0.dtype, q0.device
     if forcing is None:
         forcing = Forcing.stack([Forcing.build(shape.latent.num_vertices, dtype=dtype)] * batch)
     gravity = torch.tensor(cfg.gravity, dtype=dtype, device=device)
     system = System(shape, Physics(cfg.stiffness, cfg.damping, gravity, cfg.eps), forcing.to(device))
-    if cfg.integrator == Integrator.midpoint:
-        integrator = Midpoint(cfg.midpoint_iterations, cfg.midpoint_tol)
+    if cfg.integrator == Integrator.variational:
+        integrator = Variational(cfg.solver_iterations, cfg.solver_tol)
     else:
         integrator = RK4()
 
-    def observe(state) -> Frame:
-        x, J = system.jacobian(state.q)
-        G = system.metric(J)
-        v = integrator.velocity(system, state, G)
+    def observe(state) -> tuple[Frame, torch.Tensor]:
+        x, v, G = integrator.observe(system, state)
         kinetic = 0.5 * (v * matvec(G, v)).sum(-1)
-        return Frame(state.q, v, x, kinetic, system.potential(state.q, x), state.work)
+        return Frame(state.q, v, x, kinetic, system.potential(state.q, x), state.work), G
 
+    most = MAX_REFINEMENT * cfg.steps_per_frame() if cfg.max_omega_dt else cfg.steps_per_frame()
     with torch.no_grad():
         state = integrator.init(system, q0, qdot0)
-        frames = [observe(state)]
-        for n in range(1, cfg.frames * steps_per_frame + 1):
-            t = n * cfg.dt
-            try:
-                state = integrator.step(system, state, t - cfg.dt, cfg.dt)
-            except torch.linalg.LinAlgError:
-                what = "the metric G is not positive definite (the state blew up, or the decoder ignores a q)"
-                raise _stop(n, t, what, torch.arange(batch), cfg) from None
-            except NotConverged as exc:
-                what = (
-                    f"the implicit midpoint step did not converge in {cfg.midpoint_iterations} iterations "
-                    f"({exc}, tolerance simulator.midpoint_tol = {cfg.midpoint_tol:g}); "
-                    f"integrator=rk4 also works"
-                )
-                raise _stop(n, t, what, (exc.residual > cfg.midpoint_tol).nonzero().flatten(), cfg) from None
-            bad = ~torch.stack([torch.isfinite(x).reshape(batch, -1).all(1) for x in state], 1).all(1)
-            if bad.any():
-                raise _stop(n, t, "the state is not finite", bad.nonzero().flatten(), cfg)
-            if n % steps_per_frame == 0:
-                frames.append(observe(state))
-                _check_energy(frames, n, t, cfg)
+        frame, G = observe(state)
+        frames, used = [frame], []
+        for f in range(cfg.frames):
+            steps = steps_per_frame(cfg, fastest_mode(G, cfg.stiffness))
+            while True:
+                try:
+                    state = _frame(integrator, system, state, f / cfg.fps, steps, cfg)
+                    break
+                except _StepFailed as fail:
+                    if 2 * steps > most:
+                        dt = 1 / (cfg.fps * steps)
+                        raise _stop(sum(used) + fail.step, fail.t, fail.what, fail.items, dt) from None
+                    steps *= 2
+            used.append(steps)
+            frame, G = observe(state)
+            frames.append(frame)
+            _check_energy(frames, sum(used), (f + 1) / cfg.fps, 1 / (cfg.fps * steps), cfg)
     stacked = Frame(*(torch.stack(f, dim=1) for f in zip(*frames, strict=True)))
-    time = torch.arange(cfg.frames + 1, dtype=dtype, device=device) * (steps_per_frame * cfg.dt)
-    return Rollout(time, *stacked)
+    time = torch.arange(cfg.frames + 1, dtype=dtype, device=device) / cfg.fps
+    return Rollout(time, *stacked, used)

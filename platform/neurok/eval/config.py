@@ -12,7 +12,7 @@ class ModelShapeConfig:
     """How a rest mesh becomes a LatentShape (dynamics.from_model.latent_shape)."""
 
     points: int = 2048  # surface samples E_cond reads
-    max_queries: int = 2048  # decoder queries: the vertices themselves up to this many
+    max_queries: int = 512  # decoder queries: the vertices themselves up to this many (training: 512)
     frequency: float = 1.0  # Hz: sets the stiffness so the mean reduced mode oscillates at this rate; 0 keeps
     #                         dynamics.simulator.stiffness as it is
 

@@ -257,6 +257,7 @@ def simulation(
         "energy_drift": float(free.energy_drift()[0]),
         "latent_frames_per_s": sim.frames / wall,
         "latent_frames": float(sim.frames),
+        "latent_steps": float(sum(out.steps)),
     }
     return values, horizon, MeshRollout.from_rollout(out, case.faces, case.center, case.scale)
 

@@ -11,7 +11,7 @@ This module sits at the top of the data flow (it uses eval), so nothing below ev
     predict({"vertices": (V, 3), "faces": (F, 3), "gravity": (3,), "initial_velocity": (3,),
              "pokes": rows of 8 [x y z  fx fy fz  t0 t1]    a force (N) near a point (m) during [t0, t1) s,
              "drags": rows of 8 [x y z  dx dy dz  t0 t1]},  the region near a point moved by (dx, dy, dz) m
-            params={"frames": 60, "dt": 1/240, "integrator": "midpoint" | "rk4"})
+            params={"frames": 60, "dt": 1/240, "integrator": "variational" | "rk4"})
       -> {"vertices": (frames + 1, V, 3), "time", "kinetic", "potential": (frames + 1,), "energy_drift": (1,)}
 """
 
