@@ -1,19 +1,25 @@
-"""Sweeps: the config, the Pareto front, and a tiny 2-trial sweep end to end (slow)."""
+"""Sweeps: the config, the Pareto front, the pipeline-config defaults, and the CI sweep end to end (slow).
+A killed trial's restart is in test_tune_restart.py."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from optuna.samplers import TPESampler
+from ray.tune.search.optuna import OptunaSearch
 
 from neurok.cli.main import main
-from neurok.config import load_config
+from neurok.config import config_path, load_config
+from neurok.errors import ConfigError
 from neurok.track.registry import CHALLENGER
 from neurok.tune.config import Objective, TuneConfig
-from neurok.tune.report import pareto_front
+from neurok.tune.report import markdown, pareto_front
+from neurok.tune.sweep import report_count
 from neurok.tune.trial import overrides_for
 from test_loader_stores import write_store
 
@@ -33,47 +39,52 @@ def test_pareto_front_skips_dominated_and_incomplete_trials():
     assert pareto_front(rows, objectives) == [0, 1]  # row 2 is dominated by row 0; row 3 lacks b
 
 
+def test_pareto_front_keeps_ties_and_an_undominated_stopped_trial():
+    objectives = [Objective("val/chamfer_l1"), Objective("val/ms_per_frame")]
+    rows = [
+        {"state": "completed", "val/chamfer_l1": 0.10, "val/ms_per_frame": 5.0},
+        {"state": "completed", "val/chamfer_l1": 0.10, "val/ms_per_frame": 5.0},  # a tie: both stay
+        {"state": "stopped early", "val/chamfer_l1": 0.30, "val/ms_per_frame": 1.0},  # the fastest
+        {"state": "completed", "val/chamfer_l1": 0.20, "val/ms_per_frame": 5.0},  # worse than 0, as fast
+        {"state": "stopped early", "val/chamfer_l1": 0.30, "val/ms_per_frame": 2.0},  # slower than 2
+        {"state": "completed", "val/chamfer_l1": 0.10, "val/ms_per_frame": float("inf")},  # rollout failed
+        {"state": "failed", "val/chamfer_l1": 0.05},  # no objectives measured: takes no part
+    ]
+    assert pareto_front(rows, objectives) == [0, 1, 2]
+    table = markdown([r | {"pareto": i in (0, 1, 2)} for i, r in enumerate(rows)], ["state", "pareto"])
+    assert table.splitlines()[4] == "| stopped early | True |"
+
+
+def test_asha_clock_needs_whole_validation_intervals():
+    assert report_count(8, 2) == 5  # 4 validations and the final report
+    with pytest.raises(ConfigError, match="multiple of trainer.val_every_n_steps"):
+        report_count(9, 2)
+
+
+def test_pipeline_config_defaults(tmp_path, monkeypatch):
+    """eval, simulate and the sweep's registration read pipelines/<name>.yaml unless given a file."""
+    assert config_path(None, "eval") == Path("pipelines/eval.yaml")
+    assert config_path("mine.yaml", "eval") == Path("mine.yaml")
+    monkeypatch.chdir(tmp_path)  # outside the repository: the schema's defaults
+    assert config_path(None, "simulate") is None and config_path("", "registry") is None
+
+
 @pytest.mark.slow
-def test_tiny_sweep_nests_runs_and_registers_the_best(tmp_path, monkeypatch):
+def test_ci_sweep_searches_with_optuna_stops_early_and_registers_the_best(tmp_path, monkeypatch):
+    """tune/ci.yaml as CI runs it: 4 trials, Optuna TPE, ASHA, 2 at a time; prints its wall time."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     store = write_store(tmp_path / "s.zarr", (4, 4, 4), splits={3: "val", 7: "val", 5: "test", 10: "test"})
-    code = main(
-        [
-            "tune",
-            "tune/latent_arch.yaml",
-            "name=tiny_sweep",
-            f"output_dir={tmp_path}/tune",
-            "search.algorithm=random",
-            "search.num_samples=2",
-            f"train_overrides=[preset=tiny,data.store={store},data.num_workers=0,data.points=64,"
-            "data.queries=64,data.vertices=32,trainer.max_steps=4,trainer.val_every_n_steps=2,"
-            "trainer.checkpoint_every_n_steps=2,trainer.max_minutes=0,trainer.progress_bar=false,"
-            "trainer.plot_objects=0,trainer.system_metrics=false]",
-            "eval.surface_samples=128",
-            "eval.shape.points=64",
-            "eval.shape.max_queries=64",
-            "eval.dynamics.reduction.samples=16",
-            "eval.dynamics.reduction.max_dims=3",
-            "eval.dynamics.ik.iterations=10",
-            "eval.dynamics.boundary.iterations=10",
-            "eval.dynamics.simulator.damping=1.0",
-            "simulate_config=pipelines/simulate.yaml",
-            "eval.speed=false",
-            "eval.renders=0",
-            "eval.grid=8",
-            "eval.baseline_sequences=4",
-        ]
-    )
-    assert code == 0
+    start = time.perf_counter()
+    assert main(["tune", "tune/ci.yaml", f"store={store}", f"output_dir={tmp_path}/tune"]) == 0
+    print(f"tune/ci.yaml: 4 trials in {time.perf_counter() - start:.0f} s")
+
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("tiny_sweep").experiment_id
-    runs = client.search_runs([experiment])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    runs = client.search_runs([client.get_experiment_by_name("ci_sweep").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 2
-    parent = parents[0]
+    assert len(children) == 4
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     assert all("model.width" in c.data.params and "checkpoint.last" in c.data.tags for c in children)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
@@ -81,8 +92,34 @@ def test_tiny_sweep_nests_runs_and_registers_the_best(tmp_path, monkeypatch):
     trials = json.loads(
         Path(client.download_artifacts(parent.info.run_id, "sweep/trials.json", str(tmp_path))).read_text()
     )
-    assert len(trials) == 2 and any(t["pareto"] for t in trials)
+
+    # Optuna's TPE study proposed exactly the configs the trials ran, inside the search space
+    cfg = load_config(TuneConfig, "tune/ci.yaml")
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(tmp_path / "tune" / "ray_results" / "ci_sweep"))
+    assert isinstance(searcher._ot_study.sampler, TPESampler)
+    proposed = {trial_id: trial.params for trial_id, trial in searcher._ot_trials.items()}
+    assert proposed == {t["trial_id"]: {name: t[name] for name in cfg.space} for t in trials}
+    for params in proposed.values():
+        for name, dim in cfg.space.items():
+            if dim.kind == "choice":
+                assert params[name] in dim.values
+            else:
+                assert dim.low <= params[name] <= dim.high
+
+    # ASHA stopped at least one trial; every trial has all objectives at its last report
+    states = [t["state"] for t in trials]
+    assert "stopped early" in states and "completed" in states
+    objectives = [o.metric for o in cfg.objectives]
+    assert all(t[m] is not None for t in trials for m in objectives)
+    front = pareto_front(trials, cfg.objectives)
+    assert [t["pareto"] for t in trials] == [i in front for i in range(len(trials))]
+    summary = Path(client.download_artifacts(parent.info.run_id, "sweep/summary.md", str(tmp_path)))
+    assert "stopped early" in summary.read_text()
+
     best = parent.data.tags["sweep.best_run_id"]
+    completed = [t for t in trials if t["state"] == "completed"]
+    assert best == min(completed, key=lambda t: t[cfg.target.metric])["run_id"]
     version = client.get_model_version_by_alias("neurok", CHALLENGER)
     assert version.run_id == best and "eval.test/chamfer_l1" in version.tags
     assert version.tags["promotion.decision"] in ("promoted", "rejected")

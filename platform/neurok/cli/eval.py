@@ -23,18 +23,14 @@ def register(groups: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from neurok.config import load_config
+    from neurok.config import config_path, load_config
     from neurok.data.store import Store
     from neurok.eval.config import EvalConfig
     from neurok.eval.evaluate import evaluate
     from neurok.eval.report import log_to_mlflow, table_rows, write_report
     from neurok.train.checkpoint import load_model
 
-    default = Path("pipelines/eval.yaml")
-    path = args.config or (default if default.is_file() else None)
-    cfg = load_config(EvalConfig, path, [*args.overrides, f"data={args.data}"])
+    cfg = load_config(EvalConfig, config_path(args.config, "eval"), [*args.overrides, f"data={args.data}"])
     model = load_model(args.model)
     result = evaluate(model, Store(cfg.data), cfg)
     files = write_report(result, cfg, cfg.data, args.model)

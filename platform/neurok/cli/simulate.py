@@ -38,17 +38,15 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from neurok.config import load_config
+    from neurok.config import config_path, load_config
     from neurok.errors import BadInputError
     from neurok.eval.config import SimulateConfig
     from neurok.eval.meshes import load_mesh
     from neurok.eval.rollout_files import conditions_from_cli, simulate_mesh, write_rollout
     from neurok.train.checkpoint import load_model
 
-    default = Path("pipelines/simulate.yaml")
-    path = args.config or (default if default.is_file() else None)
     overrides = list(args.overrides) + ([f"dynamics.simulator.frames={args.frames}"] if args.frames else [])
-    cfg = load_config(SimulateConfig, path, overrides)
+    cfg = load_config(SimulateConfig, config_path(args.config, "simulate"), overrides)
     if args.frames is not None and args.frames < 1:
         raise BadInputError(f"--frames must be >= 1, got {args.frames}")
     conditions = conditions_from_cli(args.poke, args.gravity, args.velocity)

@@ -30,9 +30,8 @@ def run(args: argparse.Namespace) -> int:
         f"{result.parent_run_id}"
     )
     for row in result.rows:
-        state = "stopped early" if row["stopped_early"] else "completed"
         marks = " pareto" if row["trial_id"] in result.pareto else ""
-        print(f"  {row['trial_id']}: {state}, {cfg.target.metric}={row.get(cfg.target.metric)}{marks}")
+        print(f"  {row['trial_id']}: {row['state']}, {cfg.target.metric}={row.get(cfg.target.metric)}{marks}")
     if result.best:
         print(
             f"best trial {result.best['trial_id']} (run {result.best['run_id']}); test: {result.test_report}"

@@ -17,6 +17,18 @@ from neurok.errors import ConfigError
 
 T = TypeVar("T")
 
+PIPELINES = Path("pipelines")  # relative: the commands run from the repository root
+
+
+def config_path(given: str | Path | None, pipeline: str) -> Path | None:
+    """The config file to load: `given` when set (load_config then requires it to exist), else
+    pipelines/<pipeline>.yaml when present, else None: the schema's own defaults, so the commands also
+    run outside a checkout of the repository."""
+    if given:
+        return Path(given)
+    default = PIPELINES / f"{pipeline}.yaml"
+    return default if default.is_file() else None
+
 
 def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
     try:

@@ -65,6 +65,7 @@ class TuneConfig:
     name: str = "latent_arch"  # the sweep's name: Ray's experiment folder and the MLflow parent run
     train_config: str = "pipelines/train.yaml"
     train_overrides: list[str] = field(default_factory=list)  # applied to every trial, e.g. preset=tiny
+    store: str = ""  # the 4D store every trial trains on; default: the training config's data.store
     output_dir: str = "outputs/tune"
     space: dict[str, Dimension] = field(default_factory=dict)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -82,8 +83,8 @@ class TuneConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     register: bool = True  # evaluate the best trial on the test split and register it
     full_eval: bool = True  # also `neurok eval` of the best trial: table, videos, viewer on its run
-    registry_config: str = "pipelines/registry.yaml"
-    simulate_config: str = "pipelines/simulate.yaml"  # the registered package's simulation settings
+    registry_config: str = ""  # the gates; default: pipelines/registry.yaml if present
+    simulate_config: str = ""  # the registered package's simulation; default: pipelines/simulate.yaml
 
 
 def from_dict(values: dict) -> TuneConfig:

@@ -10,7 +10,9 @@ from neurok.tune.config import Objective
 
 
 def pareto_front(rows: list[dict], objectives: list[Objective]) -> list[int]:
-    """Indices of the rows that no other row dominates (rows missing an objective take no part)."""
+    """Indices of the rows that no other row dominates: none is as good in every objective and better in
+    one. Equal rows do not dominate each other, so ties are all on the front. Every trial takes part with
+    its last report, an early-stopped one too; rows missing an objective (failed trials) do not."""
     keys = [o.metric for o in objectives]
     complete = [i for i, r in enumerate(rows) if all(r.get(k) is not None for k in keys)]
     sign = np.array([1.0 if o.mode == "min" else -1.0 for o in objectives])
@@ -50,13 +52,14 @@ def parallel_coordinates(rows: list[dict], columns: list[str], colour_by: str) -
     cmap = colormaps["viridis"]
     for row, value, r in zip(scaled, norm, rows, strict=True):
         colour = cmap(value) if np.isfinite(value) else "0.7"
-        ax.plot(range(len(columns)), row, "-o", color=colour, alpha=0.85, label=r.get("trial_id"))
+        style = "-o" if r.get("state") == "completed" else "--o"
+        ax.plot(range(len(columns)), row, style, color=colour, alpha=0.85, label=r.get("trial_id"))
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
     for k in range(len(columns)):
         ax.annotate(f"{lo[k]:.3g}", (k, 0), xytext=(2, -10), textcoords="offset points", fontsize=6)
         ax.annotate(f"{hi[k]:.3g}", (k, 1), xytext=(2, 4), textcoords="offset points", fontsize=6)
     ax.set_yticks([])
-    ax.set_title(f"trials (colour: {colour_by}, grey: stopped early)")
+    ax.set_title(f"trials (colour: {colour_by}, grey: not measured, dashed: stopped early)")
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1, 1))
     return fig
 

@@ -25,7 +25,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from neurok.config import load_config, to_dict, to_yaml
+from neurok.config import config_path, load_config, to_dict, to_yaml
 from neurok.data.store import Store
 from neurok.errors import ConfigError, NeurokError
 from neurok.eval.config import SimulateConfig
@@ -41,6 +41,8 @@ from neurok.tune.report import markdown, parallel_coordinates, pareto_front
 from neurok.tune.trial import run_trial
 
 log = logging.getLogger(__name__)
+
+COMPLETED, STOPPED, FAILED = "completed", "stopped early", "failed"  # how a trial ended
 
 
 @dataclass
@@ -62,6 +64,34 @@ def sampler(dim: Dimension):
     if dim.kind == Kind.loguniform:
         return tune.loguniform(dim.low, dim.high)
     return tune.randint(int(dim.low), int(dim.high))
+
+
+def report_count(max_steps: int, val_every_n_steps: int) -> int:
+    """ASHA's max_t: one report per validation, plus the final one that marks a trial completed (so ASHA
+    never stops a trial at its last validation, before it has written its checkpoint reference)."""
+    if val_every_n_steps <= 0 or max_steps % val_every_n_steps:
+        raise ConfigError(
+            f"tune: trainer.max_steps ({max_steps}) must be a multiple of trainer.val_every_n_steps "
+            f"({val_every_n_steps}): a trial's last report must measure its final model"
+        )
+    return max_steps // val_every_n_steps + 1
+
+
+def trial_row(result) -> dict:
+    """A trial's config and last reported metrics (a stopped trial's are from the report ASHA stopped it
+    at), and how it ended."""
+    m = result.metrics or {}
+    state = FAILED if result.error else COMPLETED if "checkpoint" in m else STOPPED
+    return {
+        "trial_id": m.get("trial_id", ""),
+        **result.config,
+        **{k: v for k, v in m.items() if k.startswith(("val/", "test/"))},
+        "reports": m.get("training_iteration"),
+        "state": state,
+        "run_id": m.get("run_id", ""),
+        "checkpoint": m.get("checkpoint", ""),
+        "error": str(result.error)[:200] if result.error else "",
+    }
 
 
 def search_algorithm(cfg: TuneConfig, metric: str, mode: str):
@@ -90,14 +120,15 @@ def run_sweep(cfg: TuneConfig) -> SweepResult:
     if not cfg.space:
         raise ConfigError("tune: the config has an empty `space`; see tune/latent_arch.yaml")
     start = time.perf_counter()
-    train_cfg = load_train_config(cfg.train_config, cfg.train_overrides)
+    train_overrides = [*cfg.train_overrides, *([f"data.store={cfg.store}"] if cfg.store else [])]
+    train_cfg = load_train_config(cfg.train_config, train_overrides)
     output_dir = Path(cfg.output_dir).resolve()
     # Trials run in Ray's own working folders: every path they read must be absolute.
     store_path = train_cfg.data.store
     store_path = store_path if "://" in store_path else str(Path(store_path).resolve())
     trial_cfg = to_dict(cfg) | {
         "train_config": str(Path(cfg.train_config).resolve()),
-        "train_overrides": [*cfg.train_overrides, f"data.store={store_path}"],
+        "train_overrides": [*train_overrides, f"data.store={store_path}"],
         "output_dir": str(output_dir),
     }
     uri = tracking_uri(output_dir)
@@ -106,7 +137,7 @@ def run_sweep(cfg: TuneConfig) -> SweepResult:
     dataset = dataset_fingerprint(store.path, store.shards, len(store))
     log_run_inputs(uri, parent, to_dict(cfg), to_yaml(cfg), dataset)
 
-    reports = train_cfg.trainer.max_steps // train_cfg.trainer.val_every_n_steps + 1  # + the objectives
+    reports = report_count(train_cfg.trainer.max_steps, train_cfg.trainer.val_every_n_steps)
     target, mode = cfg.target.metric, str(cfg.target.mode)
     scheduler = None
     if cfg.scheduler.asha:
@@ -115,6 +146,9 @@ def run_sweep(cfg: TuneConfig) -> SweepResult:
             grace_period=cfg.scheduler.grace_period,
             reduction_factor=cfg.scheduler.reduction_factor,
         )
+    # Each report checkpoints; with num_to_keep Tune then snapshots its state each time and warns when that
+    # happens within 5 s. A local snapshot takes milliseconds, and short trials report that often.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     temp = _start_ray(cfg)
     try:
         cpus = ray.cluster_resources().get("CPU", 1.0)
@@ -138,6 +172,7 @@ def run_sweep(cfg: TuneConfig) -> SweepResult:
                 name=cfg.name,
                 storage_path=str(output_dir / "ray_results"),
                 failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # a restart needs only the latest
                 verbose=0,
             ),
         )
@@ -147,29 +182,15 @@ def run_sweep(cfg: TuneConfig) -> SweepResult:
             ray.shutdown()
             shutil.rmtree(temp, ignore_errors=True)
 
-    rows = []
-    for result in grid:
-        m = result.metrics or {}
-        rows.append(
-            {
-                "trial_id": m.get("trial_id", ""),
-                **result.config,
-                **{k: v for k, v in m.items() if k.startswith(("val/", "test/"))},
-                "reports": m.get("training_iteration"),
-                "stopped_early": not result.error and "checkpoint" not in m,
-                "run_id": m.get("run_id", ""),
-                "checkpoint": m.get("checkpoint", ""),
-                "error": str(result.error)[:200] if result.error else "",
-            }
-        )
+    rows = [trial_row(result) for result in grid]
     client = MlflowClient(uri)
     for row in rows:  # a trial that ASHA stopped or that failed ended mid-run: close its MLflow run
-        if row["run_id"] and (row["stopped_early"] or row["error"]):
-            client.set_terminated(row["run_id"], "FAILED" if row["error"] else "KILLED")
+        if row["run_id"] and row["state"] != COMPLETED:
+            client.set_terminated(row["run_id"], "FAILED" if row["state"] == FAILED else "KILLED")
     if rows and all(r["error"] for r in rows):
         raise NeurokError(f"tune: every trial failed; the first: {rows[0]['error']}")
     front = pareto_front(rows, cfg.objectives)
-    finished = [r for r in rows if r["checkpoint"] and r.get(target) is not None]
+    finished = [r for r in rows if r["state"] == COMPLETED and r.get(target) is not None]
     sign = 1 if mode == "min" else -1
     best = min(finished, key=lambda r: sign * r[target]) if finished else None
     _log_summary(uri, parent, cfg, rows, [rows[i]["trial_id"] for i in front], best)
@@ -189,7 +210,7 @@ def _log_summary(uri: str, parent: str, cfg: TuneConfig, rows: list[dict], front
     objectives = [o.metric for o in cfg.objectives]
     for r in rows:
         r["pareto"] = r["trial_id"] in front
-    columns = ["trial_id", *cfg.space, *objectives, "reports", "stopped_early", "pareto"]
+    columns = ["trial_id", *cfg.space, *objectives, "reports", "state", "pareto"]
     client.log_text(parent, markdown(rows, columns), "sweep/summary.md")
     client.log_text(parent, json.dumps(rows, indent=2, default=str), "sweep/trials.json")
     client.log_figure(
@@ -216,12 +237,8 @@ def _register_best(uri: str, cfg: TuneConfig, best: dict, dataset: dict, store: 
         mlflow.set_tracking_uri(uri)  # log_to_mlflow uses the default client
         log_to_mlflow(best["run_id"], table_rows(result.cases), result.speed, files)
         shutil.rmtree(eval_cfg.out_dir, ignore_errors=True)
-    registry = load_config(
-        RegistryConfig, cfg.registry_config if Path(cfg.registry_config).is_file() else None
-    )
-    simulate_cfg = load_config(
-        SimulateConfig, cfg.simulate_config if Path(cfg.simulate_config).is_file() else None
-    )
+    registry = load_config(RegistryConfig, config_path(cfg.registry_config, "registry"))
+    simulate_cfg = load_config(SimulateConfig, config_path(cfg.simulate_config, "simulate"))
     config_yaml = MlflowClient(uri).download_artifacts(best["run_id"], "config.yaml", tempfile.mkdtemp())
     identity = {**dataset, "normalisation": store.attrs.get("normalisation", {})}
     version = register(
