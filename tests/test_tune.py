@@ -1,4 +1,4 @@
-"""Sweeps: the config, the Pareto front, the pipeline-config defaults, and the CI sweep end to end (slow).
+"""Sweeps: the config, the Pareto front, the pipeline-config defaults, and the CI sweep end to end.
 A killed trial's restart is in test_tune_restart.py."""
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ def test_pipeline_config_defaults(tmp_path, monkeypatch):
     assert config_path(None, "simulate") is None and config_path("", "registry") is None
 
 
-@pytest.mark.slow
 def test_ci_sweep_searches_with_optuna_stops_early_and_registers_the_best(tmp_path, monkeypatch):
     """tune/ci.yaml as CI runs it: 4 trials, Optuna TPE, ASHA, 2 at a time; prints its wall time."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"

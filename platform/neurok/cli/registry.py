@@ -23,7 +23,7 @@ def register(groups: argparse._SubParsersAction) -> None:
         "promote", help="move `champion` to NAME@ALIAS or NAME/VERSION if the gates pass (exit 1 if not)"
     )
     promote.add_argument("ref", help="e.g. neurok@challenger or neurok/3")
-    promote.add_argument("--config", default="pipelines/registry.yaml", help="gates (RegistryConfig YAML)")
+    promote.add_argument("--config", help="gates (RegistryConfig YAML; default pipelines/registry.yaml)")
     promote.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     promote.set_defaults(func=_promote)
 
@@ -55,13 +55,11 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from neurok.config import load_config
+    from neurok.config import config_path, load_config
     from neurok.track.registry import RegistryConfig, promote
 
-    path = Path(args.config) if Path(args.config).is_file() else None
-    decision = promote(_uri(), args.ref, load_config(RegistryConfig, path, args.overrides))
+    cfg = load_config(RegistryConfig, config_path(args.config, "registry"), args.overrides)
+    decision = promote(_uri(), args.ref, cfg)
     verdict = "promoted to champion" if decision.promoted else "not promoted"
     print(
         f"version {decision.version}: {verdict} ({decision.reason}); previous champion: "
