@@ -30,6 +30,7 @@ class VariationalState(NamedTuple):
     grad_V: torch.Tensor  # (B, k_q) dV/dq at q
     Q: torch.Tensor  # (B, k_q) non-conservative generalized force at q
     work: torch.Tensor  # (B,) of the non-conservative forces since t = 0
+    bend: torch.Tensor  # (B, k_q) the last step's q_n+1 minus its linear guess: the decoder's curvature
 
 
 class Variational:
@@ -62,27 +63,41 @@ class Variational:
     def init(self, system: System, q: torch.Tensor, v: torch.Tensor) -> VariationalState:
         x, J = system.jacobian(q)
         tm = system.terms_from_jacobian(J, q, v, 0.0)
-        return VariationalState(q, x, J, tm.G, matvec(tm.G, v), tm.grad_V, tm.Q, q.new_zeros(q.shape[0]))
+        zero = q.new_zeros(q.shape[0])
+        return VariationalState(q, x, J, tm.G, matvec(tm.G, v), tm.grad_V, tm.Q, zero, torch.zeros_like(q))
+
+    def solve(self, system: System, state: VariationalState, target: torch.Tensor, q: torch.Tensor):
+        """q with J_n^T M (x(q) - x_n) = target, by a quasi-Newton iteration from the guess q: its slope
+        J_n^T M J(q) starts at G_n and improves by Broyden's secant updates (superlinear for small k_q)."""
+        slope = state.G
+        residual = system.pullback(state.J, system.position(q) - state.x) - target
+        for _ in range(self.max_iterations):
+            step, singular = torch.linalg.solve_ex(slope, -residual)
+            if singular.any():  # the secant slope lost rank: the iteration is lost
+                raise NotConverged(torch.where(singular > 0, torch.inf, 0.0))
+            q = q + step
+            # in vertex space: a direction the decoder barely moves may keep float noise, harmlessly
+            change = (step * matvec(state.G, step)).sum(-1).div(system.total_mass).sqrt()
+            if not change.max() > self.tol:  # a NaN ends the iteration too; the simulator catches it
+                return q
+            new = system.pullback(state.J, system.position(q) - state.x) - target
+            secant = (new - residual - matvec(slope, step)) / step.square().sum(-1, keepdim=True).clamp_min(
+                torch.finfo(step.dtype).tiny
+            )
+            slope, residual = slope + secant[:, :, None] * step[:, None, :], new
+        raise NotConverged(change)
 
     def step(self, system: System, state: VariationalState, t: float, dt: float) -> VariationalState:
         b = state.p + 0.5 * dt * (state.Q - state.grad_V)  # = J_n^T M (x_n+1 - x_n) / dt
-        q = state.q + dt * system.solve(state.G, b)  # exact when x is linear in q
-        for _ in range(self.max_iterations):
-            residual = system.pullback(state.J, system.position(q) - state.x) / dt - b
-            correction = dt * system.solve(state.G, residual)
-            q = q - correction
-            # in vertex space: a direction the decoder barely moves may keep float noise, harmlessly
-            change = (correction * matvec(state.G, correction)).sum(-1).div(system.total_mass).sqrt()
-            if not change.max() > self.tol:  # a NaN ends the iteration too; the simulator catches it
-                break
-        else:
-            raise NotConverged(change)
+        linear = state.q + dt * system.solve(state.G, b)  # exact when x is linear in q
+        q = self.solve(system, state, dt * b, linear + state.bend)  # the curvature changes little in a step
         x, J = system.jacobian(q)
         arriving = system.pullback(J, x - state.x) / dt
         G = system.metric(J)
         tm = system.terms_from_jacobian(J, q, system.solve(G, arriving), t + dt)
         work = state.work + 0.5 * ((state.Q + tm.Q) * (q - state.q)).sum(-1)
-        return VariationalState(q, x, J, G, arriving + 0.5 * dt * (tm.Q - tm.grad_V), tm.grad_V, tm.Q, work)
+        p = arriving + 0.5 * dt * (tm.Q - tm.grad_V)
+        return VariationalState(q, x, J, G, p, tm.grad_V, tm.Q, work, q - linear)
 
     def observe(
         self, system: System, state: VariationalState

@@ -96,7 +96,8 @@ def steps_per_frame(cfg: SimulatorConfig, omega: float) -> int:
     return max(steps, needed)
 
 
-def _check_energy(frames: list[Frame], step: int, t: float, dt: float, cfg: SimulatorConfig) -> None:
+def _check_energy(frames: list[Frame], steps: int, t: float, cfg: SimulatorConfig) -> None:
+    """Raise _StepFailed at the frame's last step when its energy error is over the limit."""
     energy = (torch.stack([getattr(f, k) for f in frames], -1) for k in ("kinetic", "potential", "work"))
     ratio = relative_energy_error(*energy)[:, -1].abs()
     over = ~(ratio <= cfg.max_energy_error)  # NaN counts as over
@@ -105,7 +106,7 @@ def _check_energy(frames: list[Frame], step: int, t: float, dt: float, cfg: Simu
             f"the total energy error |E - E0 - W| is {ratio.max().item():.3g} of the energy in play "
             f"(limit simulator.max_energy_error = {cfg.max_energy_error:g})"
         )
-        raise _stop(step, t, what, over.nonzero().flatten(), dt)
+        raise _StepFailed(steps, t, what, over.nonzero().flatten())
 
 
 class _StepFailed(Exception):
@@ -179,17 +180,18 @@ def rollout(
             steps = steps_per_frame(cfg, fastest_mode(G, cfg.stiffness))
             while True:
                 try:
-                    state = _frame(integrator, system, state, f / cfg.fps, steps, cfg)
+                    new = _frame(integrator, system, state, f / cfg.fps, steps, cfg)
+                    frame, new_G = observe(new)
+                    _check_energy([*frames, frame], steps, (f + 1) / cfg.fps, cfg)
                     break
                 except _StepFailed as fail:
                     if 2 * steps > most:
                         dt = 1 / (cfg.fps * steps)
                         raise _stop(sum(used) + fail.step, fail.t, fail.what, fail.items, dt) from None
                     steps *= 2
+            state, G = new, new_G
             used.append(steps)
-            frame, G = observe(state)
             frames.append(frame)
-            _check_energy(frames, sum(used), (f + 1) / cfg.fps, 1 / (cfg.fps * steps), cfg)
     stacked = Frame(*(torch.stack(f, dim=1) for f in zip(*frames, strict=True)))
     time = torch.arange(cfg.frames + 1, dtype=dtype, device=device) / cfg.fps
     return Rollout(time, *stacked, used)
