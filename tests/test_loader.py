@@ -160,3 +160,41 @@ def test_vertex_dual_quaternions_of_a_rigid_motion():
     # translation back from the dual part: t = 2 * dual * conj(real)
     t = 2 * sampling._quaternion_product(dq[:, 4:], dq[:, :4] * np.array([1, -1, -1, -1]))
     np.testing.assert_allclose(t[:, 1:], np.tile(shift, (len(rest), 1)), atol=1e-5)
+
+
+def test_surface_samples_are_uniform_by_area_on_each_mesh():
+    """Two triangles with areas 1:3 on one mesh and 3:1 on the other: counts follow the areas per mesh,
+    in both halves of the draw (independent order), with weights uniform over each triangle."""
+    faces = np.array([[0, 1, 2], [3, 4, 5]])
+    unit = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+    meshes = np.stack([np.concatenate([unit, 3**0.5 * unit + 2]), np.concatenate([3**0.5 * unit, unit + 2])])
+    n = 40_000
+    face, bary = sampling.sample_surfaces(meshes, faces, n, np.random.default_rng(0))
+    assert face.shape == (2, n) and bary.shape == (2, n, 3) and bary.dtype == np.float32
+    for half in (slice(None, n // 2), slice(n // 2, None)):  # 4 sigma of a binomial share is < 0.013
+        share = (face[:, half] == 1).mean(axis=1)
+        np.testing.assert_allclose(share, [0.75, 0.25], atol=0.013)
+    assert (bary >= 0).all() and np.allclose(bary.sum(-1), 1, atol=1e-6)
+    np.testing.assert_allclose(bary.reshape(-1, 3).mean(axis=0), [1 / 3] * 3, atol=0.003)
+
+
+def test_interpolation_over_stacked_meshes_matches_one_mesh_at_a_time():
+    rng = np.random.default_rng(1)
+    faces = rng.integers(0, 10, (7, 3))
+    values = rng.random((3, 10, 5)).astype(np.float32)
+    face, bary = rng.integers(0, 7, (3, 20)), rng.dirichlet([1, 1, 1], (3, 20)).astype(np.float32)
+    stacked = sampling.interpolate(values, faces, face, bary)
+    for k in range(3):
+        np.testing.assert_allclose(
+            stacked[k], sampling.interpolate(values[k], faces, face[k], bary[k]), atol=1e-6
+        )
+        np.testing.assert_array_equal(sampling.gather(values, face)[k], values[k][face[k]])
+
+
+def test_training_pairs_are_two_frames_and_evaluation_starts_at_rest(store):
+    cfg = config(store, augment=AugmentConfig(frame_order=False))
+    train = torch.cat([b["frames"] for b in make_loader(cfg)])
+    val = torch.cat([b["frames"] for b in make_loader(cfg, split="val")])
+    assert (train[:, 0] < train[:, 1]).all() and (val[:, 0] == 0).all() and (val[:, 1] > 0).all()
+    unordered = torch.cat([b["frames"] for b in make_loader(config(store))])
+    assert (unordered[:, 0] != unordered[:, 1]).all() and (unordered[:, 0] > unordered[:, 1]).any()

@@ -3,16 +3,18 @@
 What one (rank, DataLoader worker) runs each epoch::
 
     shard list (permuted by seed, epoch) -> split_by_node -> split_by_worker -> cycle
-      -> read shard (one large read per array) -> frame-pair specs -> shuffle buffer -> skip (resume)
-      -> sample (surface points carried to the target frame, normalised, augmented) -> batch
+      -> read shard (one large read per array) -> per sequence: frame pairs -> samples (surface points
+         carried to the target frame, normalised, augmented; all pairs of a sequence at once)
+      -> shuffle buffer -> skip (resume) -> batch
 
 - Equal batches on every rank by construction: every (rank, worker) stream cycles through its own shards
   (reshuffled each pass) and stops after exactly `batches_per_worker` batches, so uneven shards can never
   desynchronise DDP ranks (traps.md 6). Fewer shards than ranks x workers is an error at start.
-- Order is a pure function of (seed, epoch, rank, worker): every random choice draws from a generator
-  seeded by that tuple (plus the sample's position for per-sample choices).
+- Order and content are a pure function of (seed, epoch, rank, worker): every random choice draws, in
+  stream order, from generators seeded by that tuple.
 - Resumable: `EpochLoader` counts delivered batches; batch b of an epoch is the (b // W)-th batch of worker
-  b % W, so a resumed epoch skips what each worker had delivered and rotates worker ids to keep the order.
+  b % W, so a resumed epoch redraws and drops what each worker had delivered (sampling is cheap next to the
+  epoch's training) and rotates worker ids to keep the order.
 - Workers open the store lazily in their own process (`spawn`/`forkserver`, never fork: zarr runs an
   event-loop thread). A `memory://` store lives in one process, so it needs `num_workers=0`.
 """
@@ -41,6 +43,7 @@ from neurok.errors import BadInputError
 log = logging.getLogger(__name__)
 
 _COL = {name: i for i, name in enumerate(INDEX_FIELDS)}
+LOADER_ARRAYS = ("vertices", "faces")  # a sample needs no vertex flags: they are not read
 
 
 @dataclass
@@ -88,18 +91,23 @@ def cycle(src, rng: np.random.Generator):
         yield from (items[i] for i in rng.permutation(len(items)))
 
 
-def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
-    return {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in samples[0]}
+def skip(src, n: int):
+    """Drop the first n samples: those a resumed worker had delivered (redrawn, so what follows matches)."""
+    yield from islice(src, n, None)
 
 
-@dataclass(frozen=True)
-class PairSpec:
-    """One frame pair of one sequence, pointing into its (already read) shard arrays."""
+def collate(samples: list[dict]) -> dict[str, np.ndarray]:
+    return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
 
-    sequence: int
-    rest: int
-    target: int
-    arrays: dict
+
+def as_numpy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The DataLoader's collate_fn in the workers: keep numpy. Pickled numpy crosses the worker pipe ~10x
+    cheaper than tensors, which take a shared-memory segment and a file-descriptor handover each."""
+    return batch
+
+
+def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(value) for key, value in batch.items()}
 
 
 class FramePairStream(IterableDataset):
@@ -150,80 +158,100 @@ class FramePairStream(IterableDataset):
             partial(split_by_node, rank=self.rank, world=self.world),
             partial(split_by_worker, worker=logical, n_workers=n_workers),
             partial(cycle, rng=_rng(*key, 0)),
-            partial(self._read_pairs, rng=_rng(*key, 2)),
+            partial(self._read_samples, rng=_rng(*key, 2)),
             wds.shuffle(buffer, initial=buffer, rng=random.Random(shuffle_seed)) if self.train else None,
-            partial(self._skip_and_sample, key=key, skip=done * self.cfg.batch_size),
+            partial(skip, n=done * self.cfg.batch_size),
             wds.batched(self.cfg.batch_size, collation_fn=collate, partial=False),
         )
         return islice(iter(pipeline), self.batches_per_worker - done)
 
-    def _read_pairs(self, src, rng: np.random.Generator):
-        """Read each shard in one go and emit `pairs_per_sequence` frame pairs per sequence of the split."""
+    def _read_samples(self, src, rng: np.random.Generator):
+        """Read each shard in one go; make `pairs_per_sequence` samples of each of its split's sequences."""
         store = self.store
         split_code = SPLITS.index(self.split)
         for item in src:
-            arrays = store.read_shard_arrays(item["shard"])
+            arrays = store.read_shard_arrays(item["shard"], LOADER_ARRAYS)
             for s in store.sequences_in_shard(item["shard"]):
-                if store.index[s, _COL["split"]] != split_code:
-                    continue
-                n_frames = int(store.index[s, _COL["n_frames"]])
-                for _ in range(self.cfg.pairs_per_sequence):
-                    if not self.train:  # evaluation: the inference setting, a deformation away from frame 0
-                        rest, target = 0, int(rng.integers(1, n_frames))
-                    else:
-                        rest, target = (int(f) for f in rng.choice(n_frames, 2, replace=False))
-                        if not self.cfg.augment.frame_order:
-                            rest, target = min(rest, target), max(rest, target)
-                    yield PairSpec(int(s), rest, target, arrays)
+                if store.index[s, _COL["split"]] == split_code:
+                    pairs = self.frame_pairs(int(store.index[s, _COL["n_frames"]]), rng)
+                    yield from self.make_samples(int(s), arrays, pairs, rng)
 
-    def _skip_and_sample(self, src, key: tuple, skip: int):
-        for k, spec in enumerate(src):
-            if k >= skip:  # skipped specs are never turned into samples: resuming costs only the reads
-                yield self.make_sample(spec, _rng(*key, 3, k))
+    def frame_pairs(self, n_frames: int, rng: np.random.Generator) -> np.ndarray:
+        """(pairs_per_sequence, 2) distinct (rest, target) frame indices of a sequence."""
+        n = self.cfg.pairs_per_sequence
+        if not self.train:  # evaluation: the inference setting, a deformation away from frame 0
+            return np.stack([np.zeros(n, np.int64), rng.integers(1, n_frames, n)], axis=1)
+        rest = rng.integers(n_frames, size=n)
+        target = (rest + rng.integers(1, n_frames, n)) % n_frames  # uniform over the other frames
+        pairs = np.stack([rest, target], axis=1)
+        if not self.cfg.augment.frame_order:
+            pairs.sort(axis=1)
+        return pairs
 
-    def make_sample(self, spec: PairSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        cfg, store, s = self.cfg, self.store, spec.sequence
+    def make_samples(
+        self, sequence: int, arrays: dict, pairs: np.ndarray, rng: np.random.Generator
+    ) -> list[dict[str, np.ndarray]]:
+        """One sample per frame pair (K, 2) of `sequence`, whose shard's arrays (numpy or zarr) are `arrays`.
+
+        The K pairs are built together, one numpy call per step: per-pair calls on arrays this small would
+        cost more in call overhead than in arithmetic.
+        """
+        store, s, n_points = self.store, sequence, self.cfg.points
         row = store.index[s]
         n_frames, n_vertices = int(row[_COL["n_frames"]]), int(row[_COL["n_vertices"]])
         offset, face_offset = int(row[_COL["vertex_offset"]]), int(row[_COL["face_offset"]])
-        frames = spec.arrays["vertices"][offset : offset + n_frames * n_vertices].reshape(
-            n_frames, n_vertices, 3
-        )
-        faces = spec.arrays["faces"][face_offset : face_offset + int(row[_COL["n_faces"]])]
-        rest, target = sampling.normalise(
-            frames[[spec.rest, spec.target]], store.norm_center[s], store.norm_scale[s]
-        )
-
-        # Drawn even when off, so switching augmentation off changes nothing else about a sample.
-        angle, scale = rng.uniform(0.0, 2 * np.pi), rng.uniform(*cfg.augment.scale)
-        if self.train and (cfg.augment.rotate or cfg.augment.scale[0] != cfg.augment.scale[1]):
-            rotation = sampling.rotation_about_up(angle if cfg.augment.rotate else 0.0) * np.float32(scale)
-            rest, target = rest @ rotation.T, target @ rotation.T
-
-        n_points = cfg.points + cfg.queries
-        face, bary = sampling.sample_surface(rest, faces, n_points, rng)
-        both = sampling.interpolate(np.concatenate([rest, target], axis=1), faces, face, bary)
-        on_rest, carried = both[:, :3], both[:, 3:]  # the same material points on both frames
-        vertex = rng.choice(n_vertices, cfg.vertices, replace=n_vertices < cfg.vertices)
-        sample = {
-            "points": on_rest[: cfg.points],
-            "displacement": carried[: cfg.points] - on_rest[: cfg.points],
-            "queries": on_rest[cfg.points :],
-            "query_displacement": carried[cfg.points :] - on_rest[cfg.points :],
-            "vertices": rest[vertex],
-            "vertex_displacement": target[vertex] - rest[vertex],
+        frames = arrays["vertices"][offset : offset + n_frames * n_vertices].reshape(n_frames, n_vertices, 3)
+        faces = arrays["faces"][face_offset : face_offset + int(row[_COL["n_faces"]])]
+        both = sampling.normalise(frames[pairs], store.norm_center[s], store.norm_scale[s])
+        rest, target = self._augment(both, rng).transpose(1, 0, 2, 3)  # (K, V, 3) each
+        # (K, V, 6) positions and displacements: one interpolation carries the same points on both frames.
+        values = np.concatenate([rest, target - rest], axis=-1)
+        # Area ratios survive the rotation and uniform scale: sampling the augmented rest frame is exact.
+        face, bary = sampling.sample_surfaces(rest, faces, n_points + self.cfg.queries, rng)
+        surface = sampling.interpolate(values, faces, face, bary)  # (K, points + queries, 6)
+        at_vertices = sampling.gather(values, self._vertex_choice(len(pairs), n_vertices, rng))
+        per_pair = {
+            "points": surface[:, :n_points, :3],
+            "displacement": surface[:, :n_points, 3:],
+            "queries": surface[:, n_points:, :3],
+            "query_displacement": surface[:, n_points:, 3:],
+            "vertices": at_vertices[..., :3],
+            "vertex_displacement": at_vertices[..., 3:],
+            "frames": pairs.astype(np.int64),
+        }
+        if self.dual_quaternion:
+            per_pair["dual_quaternion"] = self._dual_quaternions(rest, target, faces, face, bary)
+        shared = {
             "conditions": store.conditions[s].astype(np.float32),
             "category": np.int64(row[_COL["category"]]),
             "object_type": np.int64(row[_COL["object_type"]]),
             "sequence": np.int64(s),
-            "frames": np.array([spec.rest, spec.target], np.int64),
         }
-        if self.dual_quaternion:
-            dq = sampling.vertex_dual_quaternions(rest, target, faces)
-            sample["dual_quaternion"] = sampling.blend_dual_quaternions(
-                sampling.interpolate(dq, faces, face[: cfg.points], bary[: cfg.points])
-            )
-        return sample
+        return [{key: value[k] for key, value in per_pair.items()} | shared for k in range(len(pairs))]
+
+    def _dual_quaternions(self, rest, target, faces, face, bary) -> np.ndarray:
+        """(K, points, 8): per-vertex rigid motions rest -> target, blended at the input points."""
+        pairs = zip(rest, target, strict=True)
+        dq = np.stack([sampling.vertex_dual_quaternions(r, t, faces) for r, t in pairs])
+        n = self.cfg.points
+        return sampling.blend_dual_quaternions(sampling.interpolate(dq, faces, face[:, :n], bary[:, :n]))
+
+    def _augment(self, both: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A random rotation about up and a uniform scale per pair, the same for both frames (K, 2, V, 3)."""
+        cfg, n = self.cfg.augment, len(both)
+        # Drawn even when off, so switching augmentation off changes nothing else about a sample.
+        angle, scale = rng.uniform(0.0, 2 * np.pi, n), rng.uniform(*cfg.scale, n).astype(np.float32)
+        if not self.train or not (cfg.rotate or cfg.scale[0] != cfg.scale[1]):
+            return both
+        rotation = sampling.rotation_about_up(angle if cfg.rotate else np.zeros(n)) * scale[:, None, None]
+        return both @ rotation[:, None].swapaxes(-1, -2)
+
+    def _vertex_choice(self, n: int, n_vertices: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, vertices) mesh vertices per sample: distinct unless the mesh has fewer than asked for."""
+        if n_vertices < self.cfg.vertices:
+            return rng.integers(n_vertices, size=(n, self.cfg.vertices))
+        order = rng.permuted(np.broadcast_to(np.arange(n_vertices), (n, n_vertices)), axis=1)
+        return order[:, : self.cfg.vertices]
 
 
 class EpochLoader:
@@ -263,12 +291,13 @@ class EpochLoader:
             batch_size=None,
             num_workers=self.workers,
             multiprocessing_context=context,
+            collate_fn=as_numpy,
             generator=torch.Generator().manual_seed(self.stream.cfg.seed),
         )
         for batch in islice(loader, len(self) - self.batch):
             if self.advance:
                 self.batch += 1
-            yield batch
+            yield to_tensors(batch)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "layout": self._layout()}

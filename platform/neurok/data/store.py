@@ -417,6 +417,7 @@ class Store:
         self.norm_scale = self.root["norm_scale"][:] if len(self.index) else np.zeros(0)
         self.categories: list[str] = list(attrs.get("categories", []))
         self.shards: list[dict] = list(attrs.get("shards", []))
+        self._arrays: dict[str, zarr.Array] = {}  # committed shards never change: open each array once
 
     def __len__(self) -> int:
         return len(self.index)
@@ -436,10 +437,13 @@ class Store:
     def sequences_in_shard(self, shard_id: int) -> np.ndarray:
         return np.flatnonzero(self.column("shard") == shard_id)
 
-    def read_shard_arrays(self, shard_id: int) -> dict[str, np.ndarray]:
-        """All arrays of one loader shard, each in one large read."""
-        name = shard_name(shard_id)
-        return {key: self.root[f"{name}/{key}"][...] for key in SHARD_ARRAYS}  # no group metadata read
+    def read_shard_arrays(self, shard_id: int, keys: tuple[str, ...] = SHARD_ARRAYS) -> dict[str, np.ndarray]:
+        """The arrays `keys` of one loader shard, each in one large read."""
+        paths = {key: f"{shard_name(shard_id)}/{key}" for key in keys}
+        for path in paths.values():
+            if path not in self._arrays:
+                self._arrays[path] = self.root[path]  # no group metadata read
+        return {key: self._arrays[path][...] for key, path in paths.items()}
 
     def shard_commit(self, shard_id: int) -> dict:
         return dict(self.root[shard_name(shard_id)].attrs["commit"])

@@ -128,25 +128,15 @@ def simulate(spec: SequenceSpec, physics: PhysicsSpec) -> Sequence:
         collider = collider_xml(kind, sheet, rng)
     movable = np.setdiff1d(np.arange(n_vertices), pinned)
 
-    worldbody, extra, grab = collider + flexcomp_xml(sheet, c, mass, pinned), "", None
+    held_bodies = None
     if c.drag is not None:
         held = np.setdiff1d(regions.patch(vertices, rng.choice(movable), 0.06 * sheet.size), pinned)
-        grab = mjcf.Grab([f"{FLEX}_{i}" for i in held], np.zeros((len(held), 3)), c.drag)
-        worldbody += grab.worldbody_xml()
-        extra = f"<equality>{grab.equality_xml()}</equality>"
+        held_bodies = [f"{FLEX}_{i}" for i in held]
         flags[held] |= FLAG_DRAGGED
         record |= c.drag_record()
-    xml = mjcf.scene_xml(
-        spec.name,
-        timestep=c.physics_dt,
-        gravity_y_up=c.gravity,
-        friction=c.friction,
-        worldbody=worldbody,
-        extra=extra,
-    )
-    model = mjcf.compile_model(xml, spec.name)
+    worldbody = collider + flexcomp_xml(sheet, c, mass, pinned)
+    model, drivers = mjcf.flex_scene(spec.name, c, worldbody, held_bodies)
     vertex_bodies = model.flex_vertbodyid[model.flex_vertadr[0] : model.flex_vertadr[0] + n_vertices]
-    drivers = [grab.driver(model, c.physics_dt)] if grab else []
 
     if c.poke is not None:  # an impulse on a patch, from either side
         centre = rng.choice(movable)

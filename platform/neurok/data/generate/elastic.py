@@ -130,26 +130,15 @@ def simulate(spec: SequenceSpec, physics: PhysicsSpec) -> Sequence:
     flags[held_weight >= 1 - 1e-9] |= FLAG_PINNED
     movable = np.flatnonzero(held_weight < 0.5)
 
-    worldbody, extra, grab = flexcomp_xml(body, c, mass, pinned), "", None
+    held_bodies = None
     if c.drag is not None:  # the grid nodes of the cell under a random vertex
         grabbed = np.setdiff1d(np.flatnonzero(weights[rng.choice(movable)] > 0), pinned)
-        grab = mjcf.Grab([body.node_body(n) for n in grabbed], np.zeros((len(grabbed), 3)), c.drag)
-        worldbody += grab.worldbody_xml()
-        extra = f"<equality>{grab.equality_xml()}</equality>"
+        held_bodies = [body.node_body(n) for n in grabbed]
         flags[weights[:, grabbed].sum(axis=1) >= 0.5] |= FLAG_DRAGGED
         record |= c.drag_record()
-    xml = mjcf.scene_xml(
-        spec.name,
-        timestep=c.physics_dt,
-        gravity_y_up=c.gravity,
-        friction=c.friction,
-        worldbody=worldbody,
-        extra=extra,
-    )
-    model = mjcf.compile_model(xml, spec.name)
+    model, drivers = mjcf.flex_scene(spec.name, c, flexcomp_xml(body, c, mass, pinned), held_bodies)
     # Pinned nodes, and nodes no vertex depends on, sit on the world body (id 0).
     node_bodies = model.flex_nodebodyid[model.flex_nodeadr[0] : model.flex_nodeadr[0] + len(nodes)]
-    drivers = [grab.driver(model, c.physics_dt)] if grab else []
 
     if c.poke is not None:  # an impulse on a surface patch, shared out to the nodes by their weights
         centre = rng.choice(movable)

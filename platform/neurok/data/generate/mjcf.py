@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from neurok.data.generate.conditions import Drag
+from neurok.data.generate.conditions import Conditions, Drag
 from neurok.data.generate.recipe import SequenceSpec
 from neurok.data.schema import Sequence as MeshSequence
 from neurok.errors import NeurokError
@@ -89,6 +89,30 @@ def compile_model(xml: str, sequence: str) -> mujoco.MjModel:
         return mujoco.MjModel.from_xml_string(xml)
     except ValueError as exc:
         raise NeurokError(f"sequence '{sequence}': MuJoCo rejected the scene: {exc}") from exc
+
+
+def flex_scene(
+    name: str, c: Conditions, worldbody: str, held: list[str] | None
+) -> tuple[mujoco.MjModel, list[Driver]]:
+    """Compile a flex scene (cloth, elastic solids): its `worldbody` XML and, when the conditions drag, a
+    grab of the `held` bodies at their origins (flex vertices and nodes are point bodies).
+
+    Returns the model and its drivers (the drag's, if any)."""
+    extra, grab = "", None
+    if held is not None:
+        grab = Grab(held, np.zeros((len(held), 3)), c.drag)
+        worldbody += grab.worldbody_xml()
+        extra = f"<equality>{grab.equality_xml()}</equality>"
+    xml = scene_xml(
+        name,
+        timestep=c.physics_dt,
+        gravity_y_up=c.gravity,
+        friction=c.friction,
+        worldbody=worldbody,
+        extra=extra,
+    )
+    model = compile_model(xml, name)
+    return model, [grab.driver(model, c.physics_dt)] if grab else []
 
 
 def smoothstep(s: float) -> float:
