@@ -4,7 +4,7 @@ a 10k-vertex mesh for 120 frames in under 30 s, under 4 GB).
 Runs what `SimulatorModel.predict` runs after parsing its input: `simulate_mesh` with the package's
 config (pipelines/simulate.yaml), on an icosphere the model never saw, under gravity and a poke.
 
-Usage: python benchmarks/predict.py CKPT [--subdivisions 5] [--frames 120] [--threads 2] [key=value ...]
+Usage: python benchmarks/predict.py CKPT [--subdivisions 5] [--frames 120] [--threads 1] [key=value ...]
 Writes benchmarks/results/predict.json.
 """
 
@@ -33,9 +33,9 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--subdivisions", type=int, default=5, help="icosphere level: 5 = 10242 vertices")
     parser.add_argument("--frames", type=int, default=120)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 ran faster than 2 on the 2-core CI machine)")
     parser.add_argument("overrides", nargs="*", help="SimulateConfig key=value")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(SimulateConfig, "pipelines/simulate.yaml", args.overrides)
     cfg.dynamics.simulator.frames = args.frames

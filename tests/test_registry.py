@@ -156,6 +156,20 @@ def test_pull_loads_in_a_fresh_process(registry, capsys):
     assert done.stdout.split() == ["[3,", "26,", "3]"] * 2
 
 
+def test_simulate_cli_takes_a_registry_uri(registry, tmp_path, capsys):
+    """`neurok simulate --model models:/neurok@champion` runs the package's own settings."""
+    mesh = tmp_path / "box.obj"
+    trimesh.creation.box(extents=(0.4, 0.2, 0.3)).export(mesh)
+    out = tmp_path / "rollout"
+    args = ["simulate", "--model", "models:/neurok@champion", "--mesh", str(mesh), "--out", str(out)]
+    assert main([*args, "--frames", "2", "render.video=none", "render.viewer=false"]) == 0
+    assert "2 frames of 8 vertices" in capsys.readouterr().out
+    with np.load(next(out.glob("*.npz"))) as rollout:
+        assert rollout["vertices"].shape == (3, 8, 3)
+    assert main(["simulate", "--model", "models:/neurok@nobody", "--mesh", str(mesh), "--out", str(out)]) == 2
+    assert "models:/neurok@nobody" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""`neurok eval --model CKPT --data STORE [split=test] [key=value ...]`: a trained model's metrics table."""
+"""`neurok eval --model CKPT|models:/NAME@ALIAS --data STORE [key=value ...]`: a model's metrics table."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ def register(groups: argparse._SubParsersAction) -> None:
         "dynamics.ik.iterations=100 out_dir=outputs/eval. Logs to MLflow when mlflow_run_id is set or a run "
         "is active (or MLFLOW_RUN_ID is set).",
     )
-    parser.add_argument("--model", required=True, help="training checkpoint (.ckpt)")
+    parser.add_argument(
+        "--model", required=True, help="training checkpoint, pulled model folder, or models:/NAME@ALIAS"
+    )
     parser.add_argument("--data", required=True, help="the 4D store to evaluate on")
     parser.add_argument(
         "--config", default=None, help="pipeline YAML (default: pipelines/eval.yaml if present)"
@@ -23,15 +25,19 @@ def register(groups: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import tempfile
+
     from neurok.config import config_path, load_config
     from neurok.data.store import Store
     from neurok.eval.config import EvalConfig
     from neurok.eval.evaluate import evaluate
     from neurok.eval.report import log_to_mlflow, table_rows, write_report
+    from neurok.track.registry import model_files
     from neurok.train.checkpoint import load_model
 
     cfg = load_config(EvalConfig, config_path(args.config, "eval"), [*args.overrides, f"data={args.data}"])
-    model = load_model(args.model)
+    with tempfile.TemporaryDirectory() as tmp:  # where a models:/ URI is downloaded
+        model = load_model(model_files(args.model, tmp)[0])
     result = evaluate(model, Store(cfg.data), cfg)
     files = write_report(result, cfg, cfg.data, args.model)
     print(files["table"].read_text())

@@ -13,7 +13,9 @@ def register(groups: argparse._SubParsersAction) -> None:
         "the model's latent space and written back in its own units. Overrides are dotted key=value pairs of "
         "pipelines/simulate.yaml, e.g. dynamics.simulator.damping=0.5 render.video=gif",
     )
-    parser.add_argument("--model", required=True, help="training checkpoint (.ckpt)")
+    parser.add_argument(
+        "--model", required=True, help="training checkpoint, pulled model folder, or models:/NAME@ALIAS"
+    )
     parser.add_argument("--mesh", required=True, help="rest mesh: .obj, .ply or .glb")
     parser.add_argument(
         "--poke",
@@ -27,13 +29,16 @@ def register(groups: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, default=None, help="output frames after the first")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
-        "--config", default=None, help="pipeline YAML (default: pipelines/simulate.yaml if present)"
+        "--config",
+        default=None,
+        help="pipeline YAML (default: a registered model's own settings, else pipelines/simulate.yaml)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import tempfile
     from pathlib import Path
 
     import torch
@@ -43,15 +48,18 @@ def run(args: argparse.Namespace) -> int:
     from neurok.eval.config import SimulateConfig
     from neurok.eval.meshes import load_mesh
     from neurok.eval.rollout_files import conditions_from_cli, simulate_mesh, write_rollout
+    from neurok.track.registry import model_files
     from neurok.train.checkpoint import load_model
 
-    overrides = list(args.overrides) + ([f"dynamics.simulator.frames={args.frames}"] if args.frames else [])
-    cfg = load_config(SimulateConfig, config_path(args.config, "simulate"), overrides)
     if args.frames is not None and args.frames < 1:
         raise BadInputError(f"--frames must be >= 1, got {args.frames}")
+    overrides = list(args.overrides) + ([f"dynamics.simulator.frames={args.frames}"] if args.frames else [])
+    with tempfile.TemporaryDirectory() as tmp:  # where a models:/ URI is downloaded
+        checkpoint, package_settings = model_files(args.model, tmp)
+        model = load_model(checkpoint)
+        cfg = load_config(SimulateConfig, config_path(args.config or package_settings, "simulate"), overrides)
     conditions = conditions_from_cli(args.poke, args.gravity, args.velocity)
     vertices, faces = load_mesh(args.mesh, cfg.max_vertices)
-    model = load_model(args.model)
     torch.manual_seed(cfg.seed)
     result = simulate_mesh(
         model, vertices, faces, conditions, cfg.shape, cfg.dynamics, cfg.poke_radius, cfg.seed

@@ -7,6 +7,7 @@
               are version tags (`promotion.*`), and `champion.from` / `champion.until` on the versions
               keep the alias history that MLflow itself does not: what was in production when.
     pull      download a version (NAME@ALIAS or NAME/VERSION) as a self-contained model folder
+    model_files  the checkpoint and simulation settings behind a --model argument (file, folder or URI)
 
 Gates live in pipelines/registry.yaml (RegistryConfig).
 """
@@ -226,3 +227,29 @@ def pull(uri: str, ref: str, out: str | Path) -> Path:
         )
     )
     return Path(path)
+
+
+MODEL_URIS = ("models:/", "runs:/")
+
+
+def model_files(ref: str, dst: str | Path) -> tuple[Path, Path | None]:
+    """The training checkpoint behind `ref`, and the package's simulate.yaml when it is a package.
+
+    `ref` is a training checkpoint file, a model folder (`neurok registry pull`), or an MLflow
+    models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ URI of a package, downloaded into `dst` from
+    MLFLOW_TRACKING_URI's store.
+    """
+    if ref.startswith(MODEL_URIS):
+        try:
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(dst)))
+        except MlflowException as exc:
+            store = mlflow.get_tracking_uri()
+            raise BadInputError(f"{ref}: {exc.message} (tracking store {store})") from None
+    else:
+        folder = Path(ref)
+    if not folder.is_dir():
+        return folder, None
+    checkpoint, settings = (folder / "artifacts" / name for name in ("model.ckpt", "simulate.yaml"))
+    if not checkpoint.is_file():
+        raise BadInputError(f"{ref}: no artifacts/model.ckpt in {folder}: not a NeuROK simulator package")
+    return checkpoint, settings if settings.is_file() else None
