@@ -1,4 +1,4 @@
-"""Ray Train DDP benchmarks. Writes benchmarks/results/ray_train.json and ray_train.md.
+"""Ray Train DDP benchmarks. Writes benchmarks/results/ray_train.json and .md (ray_train_<part> with --only).
 
 - scaling: training throughput (samples/s, after warm-up steps) of `neurok train launcher=ray` on a
   preset (default `base`) with 2 workers x 1 CPU against 1 worker x 1 CPU, on a local Ray with 2 CPUs;
@@ -266,8 +266,9 @@ def main() -> None:
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ray_train.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "ray_train.md").write_text(markdown(results))
+    name = f"ray_train_{args.only}" if args.only else "ray_train"  # a partial run keeps the full one's files
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{name}.md").write_text(markdown(results))
     print(markdown(results))
 
 
