@@ -243,7 +243,7 @@ def test_forward_mode_through_attention():
 def test_config_is_typed_and_checked():
     cfg = load_config(DynamicsConfig, overrides=["simulator.integrator=rk4", "simulator.gravity=[0,-9.81,0]"])
     assert cfg.simulator.integrator == "rk4" and cfg.simulator.gravity == [0, -9.81, 0]
-    assert cfg.simulator.steps_per_frame() == 4
+    assert cfg.simulator.steps_per_frame() == 8
     with pytest.raises(ConfigError, match="integrator"):
         load_config(DynamicsConfig, overrides=["simulator.integrator=euler"])
     with pytest.raises(ConfigError, match="whole number"):

@@ -171,8 +171,7 @@ def rollout(
         frame, G = observe(state)
         frames, used = [frame], []
         for f in range(cfg.frames):
-            # never coarser than the last frame: a changing dt costs the integrator its symplecticity
-            steps = max(used[-1:] + [steps_per_frame(cfg, fastest_mode(G, cfg.stiffness))])
+            steps = steps_per_frame(cfg, fastest_mode(G, cfg.stiffness))
             while True:
                 try:
                     new = _frame(integrator, system, state, f / cfg.fps, steps, cfg)
