@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--subdivisions", type=int, default=5, help="icosphere level: 5 = 10242 vertices")
     parser.add_argument("--frames", type=int, default=120)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 ran faster than 2 here)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 beat 2 on 2 cores)")
     parser.add_argument("overrides", nargs="*", help="SimulateConfig key=value")
     args = parser.parse_intermixed_args()
     torch.set_num_threads(args.threads)
