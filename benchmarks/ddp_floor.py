@@ -12,7 +12,6 @@ import argparse
 import os
 import socket
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -20,10 +19,10 @@ import torch.multiprocessing as mp
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
+from common import ROOT
 from neurok.model import NeuROK, cvae_loss
 from neurok.model.config import ModelConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 3
 
 

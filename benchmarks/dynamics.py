@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from common import best_ms
 from neurok.dynamics import ReductionConfig, SimulatorConfig, active_subspace, rollout, toys
 from neurok.dynamics.forces import Forcing
 from neurok.dynamics.mechanics import Physics, System
@@ -22,16 +23,6 @@ print(f"V={V} k={latent.latent_dims} k_q={kq} batch={B} threads={threads} {args[
 print(f"active subspace (512 gradient samples): {time.perf_counter() - t0:.2f} s")
 
 
-def best(f, n=5):
-    f()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return min(times) * 1e3
-
-
 system = System(
     shape,
     Physics(0.03, 0.0, torch.zeros(3, dtype=dtype), 1e-6),
@@ -40,11 +31,11 @@ system = System(
 q, v = torch.full((B, kq), 0.2, dtype=dtype), torch.full((B, kq), 0.5, dtype=dtype)
 tm = system.terms(q, v, 0.0)
 cost = {
-    "decode x(q)": best(lambda: shape.positions(q)),
-    "terms: J (jacfwd, k_q JVPs), G, dV/dq, Q": best(lambda: system.terms(q, v, 0.0)),
-    "decode in the variational position solve": best(lambda: system.position(q)),
-    "C (JVP nested in a JVP), rk4": best(lambda: system.coriolis(tm.J, q, v)),
-    "solve (G + eps I) by Cholesky": best(lambda: system.solve(tm.G, v), n=50),
+    "decode x(q)": best_ms(lambda: shape.positions(q)),
+    "terms: J (jacfwd, k_q JVPs), G, dV/dq, Q": best_ms(lambda: system.terms(q, v, 0.0)),
+    "decode in the variational position solve": best_ms(lambda: system.position(q)),
+    "C (JVP nested in a JVP), rk4": best_ms(lambda: system.coriolis(tm.J, q, v)),
+    "solve (G + eps I) by Cholesky": best_ms(lambda: system.solve(tm.G, v), n=50),
 }
 for name, ms in cost.items():
     print(f"  {name:42s} {ms:8.3f} ms")

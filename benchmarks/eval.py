@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import trimesh
 
+from common import best_ms, write_results
 from neurok.data.store import Store
 from neurok.dynamics import Forcing, ReducedShape, fit
 from neurok.dynamics.from_model import latent_shape
@@ -26,18 +25,6 @@ from neurok.eval.config import EvalConfig
 from neurok.eval.evaluate import load_case, mujoco_frames_per_s, simulation
 from neurok.eval.rollout_files import reduced_model_shape
 from neurok.train.checkpoint import load_model
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def best_ms(f, n: int = 3) -> float:
-    f()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
 
 
 def step_costs(model, vertices: int, kq: int) -> dict[str, float]:
@@ -110,15 +97,12 @@ def main() -> None:
         "ik_iterations": args.ik_iterations,
         "step_costs": [step_costs(model, v, k) for v, k in ((162, 4), (642, 4), (642, 8), (2562, 8))],
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "eval.json").write_text(json.dumps(result, indent=2))
     lines = [f"# Trained-model benchmarks ({result['machine']})", ""]
     lines += [f"- {k}: {v}" for k, v in result.items() if k not in ("step_costs", "machine")]
     keys = list(result["step_costs"][0])
     lines += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |" for row in result["step_costs"]]
-    (RESULTS / "eval.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("eval", result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

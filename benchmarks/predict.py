@@ -11,21 +11,18 @@ Writes benchmarks/results/predict.json.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import trimesh
 
+from common import write_results
 from neurok.config import load_config
 from neurok.eval.config import SimulateConfig
 from neurok.eval.rollout_files import MeshConditions, Poke, simulate_mesh
 from neurok.train.checkpoint import load_model
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -56,9 +53,7 @@ def main() -> None:
         "energy_drift": out.energy_drift,
         "output_shape": list(out.vertices.shape),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "predict.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_results("predict", result)
 
 
 if __name__ == "__main__":

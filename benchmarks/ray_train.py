@@ -26,8 +26,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from common import ROOT, write_results
+
 WARMUP = 3  # steps left out of the throughput: worker start, first allocations
 
 
@@ -265,11 +265,8 @@ def main() -> None:
             results["recovery"] = recovery(store, work)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"ray_train_{args.only}" if args.only else "ray_train"  # a partial run keeps the full one's files
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / f"{name}.md").write_text(markdown(results))
-    print(markdown(results))
+    # a partial run keeps the full one's files
+    write_results(f"ray_train_{args.only}" if args.only else "ray_train", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -26,14 +26,13 @@ from pathlib import Path
 import numcodecs
 import numpy as np
 
+from common import ROOT, write_results
 from neurok.config import load_config
 from neurok.data.card import bytes_on_disk
 from neurok.data.generate.recipe import Recipe
 from neurok.data.store import SHARD_ARRAYS, Store, StoreLayout, StoreWriter, shard_name
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # train_cluster.LocalCluster
-RESULTS = ROOT / "benchmarks" / "results"
 MB = 2**20
 
 
@@ -271,11 +270,8 @@ def main() -> None:
                     str(ROOT / "datasets/default.yaml"), source, [] if not args.quick else ["objects=8"]
                 )
             results["store"] = bench_store(source)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"data_{args.only}" if args.only else "data"  # a partial run keeps the full one's files
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / f"{name}.md").write_text(to_markdown(results))
-    print(to_markdown(results))
+    # a partial run keeps the full one's files
+    write_results(f"data_{args.only}" if args.only else "data", results, to_markdown(results))
 
 
 if __name__ == "__main__":

@@ -13,24 +13,20 @@ Usage: python benchmarks/train.py [STORE] [--only loader|training]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from common import ROOT, write_results
 from neurok.data.loader import LOADER_ARRAYS, FramePairStream, collate, make_loader
 from neurok.data.store import SHARD_ARRAYS, Store, shard_name
 from neurok.model import NeuROK, cvae_loss
 from neurok.train.config import load_train_config
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 class RandomAccessPairs(Dataset):
@@ -174,12 +170,10 @@ def main() -> None:
         results["loader"]["pipeline_vs_base_consumption"] = (
             results["loader"]["pipeline_samples_per_s"] / results["training"]["base"]["samples_per_s"]
         )
-    write_results(results, f"train_{args.only}" if args.only else "train")
+    write_results(f"train_{args.only}" if args.only else "train", results, to_markdown(results))
 
 
-def write_results(results: dict, stem: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2))
+def to_markdown(results: dict) -> str:
     lines = [f"# Loader and training ({results['machine']}, {results['date']})", "", "| metric | value |"]
     lines.append("|---|---|")
     lines += [f"| loader {k} | {v:.2f} |" for k, v in results.get("loader", {}).items()]
@@ -187,8 +181,7 @@ def write_results(results: dict, stem: str) -> None:
         lines += [f"| {preset} {k} | {v:.3g} |" for k, v in r.items()]
     lines += ["", "targets: pipeline_vs_raw >= 0.9, pipeline_vs_map_style >= 3, vs base consumption >= 5,"]
     lines += ["base MFU >= 50% of the fp32 matmul peak"]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
