@@ -90,17 +90,22 @@ def ray_cluster(workers: int):
     from train_cluster import RAY, LocalCluster
 
     cluster = LocalCluster(workers)
-    cluster.start()
     address = f"127.0.0.1:{cluster.port}"
-    deadline = time.monotonic() + 120
-    while (
-        f"0.0/{workers}.0 CPU"
-        not in subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True).stdout
-    ):
-        if time.monotonic() > deadline:
-            cluster.stop()
-            raise SystemExit(f"the local cluster's {workers} CPUs did not join in 120 s")
-        time.sleep(1)
+    try:
+        cluster.start()
+        deadline = time.monotonic() + 120
+        while (
+            f"0.0/{workers}.0 CPU"
+            not in subprocess.run(
+                [RAY, "status", f"--address={address}"], capture_output=True, text=True
+            ).stdout
+        ):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the local cluster's {workers} CPUs did not join in 120 s")
+            time.sleep(1)
+    except BaseException:  # whatever stops us here, stop the nodes we started
+        cluster.stop()
+        raise
     return cluster, address
 
 
