@@ -16,7 +16,7 @@ from neurok.dynamics import (
     toys,
     track,
 )
-from neurok.dynamics.mechanics import jacobian
+from neurok.dynamics.shape import jacobian
 from neurok.geometry import chamfer_distance
 
 f64 = torch.float64

@@ -23,7 +23,8 @@ from neurok.dynamics import (
     toys,
 )
 from neurok.dynamics.forces import vertex_forces
-from neurok.dynamics.mechanics import Physics, coriolis, jacobian, metric, terms_from_jacobian
+from neurok.dynamics.mechanics import Physics, coriolis, metric, terms_from_jacobian
+from neurok.dynamics.shape import jacobian
 from neurok.errors import BadInputError, ConfigError, NeurokError
 
 f64 = torch.float64

@@ -12,8 +12,10 @@ import torch
 import trimesh
 from torch.func import jacfwd
 
-from neurok.dynamics import LatentShape
+from neurok.dynamics import Forcing, LatentShape, ReducedShape
 from neurok.dynamics.from_model import latent_shape
+from neurok.dynamics.mechanics import Physics, System
+from neurok.dynamics.shape import jacobian
 from neurok.errors import BadInputError
 from neurok.model import ModelConfig, NeuROK, drive_vertices
 from neurok.train.checkpoint import load_model
@@ -72,6 +74,35 @@ def test_adapter_is_differentiable_forward_mode_and_stackable():
     assert J.shape == (len(rest), 3, a.latent_dims) and J.abs().sum() > 0
     stacked = LatentShape.stack([a, b])
     torch.testing.assert_close(stacked[1].decode(b.mu_cond), b.decode(b.mu_cond))
+
+
+@pytest.mark.parametrize("max_queries", [1000, 60])
+def test_linearized_adapter_matches_jacfwd(max_queries):
+    """The dynamics' Jacobian (the adapter's hand-written forward mode) equals jacfwd of its decode, for
+    one object and for a stack of two under the System's vmap."""
+    model = tiny_model()
+    rest, faces = sphere(1)
+    shapes = [latent_shape(model, r, faces, points=64, max_queries=max_queries) for r in (rest, rest * 0.8)]
+    basis = torch.linalg.qr(
+        torch.randn(shapes[0].latent_dims, 3, generator=torch.Generator().manual_seed(0))
+    )[0].T
+    q = torch.tensor([0.3, -0.2, 0.5])
+    one = ReducedShape(shapes[0], basis)
+    x, J = one.jacobian_fn(one.tensors)(q)
+    x_ref, J_ref = jacobian(one.position_fn(one.tensors), q)
+    assert J.shape == (len(rest), 3, 3) and J_ref.abs().max() > 1e-2
+    torch.testing.assert_close(x, x_ref)
+    torch.testing.assert_close(J, J_ref, rtol=1e-4, atol=1e-5)
+
+    both = ReducedShape(LatentShape.stack(shapes), torch.stack([basis, basis]))
+    physics = Physics(1.0, 0.0, torch.zeros(3), 1e-6)
+    forcing = Forcing.stack([Forcing.build(len(rest))] * 2)
+    _, J_both = System(both, physics, forcing).jacobian(torch.stack([q, -q]))
+    torch.testing.assert_close(J_both[0], J)
+    second = ReducedShape(shapes[1], basis)
+    torch.testing.assert_close(
+        J_both[1], jacobian(second.position_fn(second.tensors), -q)[1], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_checkpoint_loads_into_an_eval_model(tmp_path):

@@ -19,7 +19,7 @@ import torch
 from torch.func import vmap
 
 from neurok.dynamics.config import BoundaryConfig
-from neurok.dynamics.mechanics import jacobian, solve_metric
+from neurok.dynamics.mechanics import solve_metric
 from neurok.dynamics.shape import ReducedShape
 
 
@@ -90,9 +90,7 @@ def solve_initial_state(
             opt.step()
         q = q.detach()
     with torch.no_grad():
-        J = vmap(lambda q, t: jacobian(shape.position_fn(t), q)[1], in_dims=(0, shape.in_dims))(
-            q, shape.tensors
-        )
+        J = vmap(lambda q, t: shape.jacobian_fn(t)(q)[1], in_dims=(0, shape.in_dims))(q, shape.tensors)
         G = torch.einsum("bvik,bv,bvil->bkl", J, bc.velocity_weight, J)
         b = torch.einsum("bvik,bv,bvi->bk", J, bc.velocity_weight, bc.velocity)
         return q, solve_metric(G, b, cfg.ridge)

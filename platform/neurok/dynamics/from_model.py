@@ -21,6 +21,8 @@ from neurok.data import sampling
 from neurok.dynamics.shape import LatentShape
 from neurok.errors import BadInputError
 from neurok.model import NeuROK
+from neurok.model.cvae import QueryFeatures
+from neurok.model.forward_mode import decode_with_tangents
 
 
 class ModelContext(NamedTuple):
@@ -28,6 +30,7 @@ class ModelContext(NamedTuple):
 
     shape_tokens: torch.Tensor  # (M, width) E_cond's tokens of M0
     queries: torch.Tensor  # (Q, 3) where the decoder is evaluated
+    features: QueryFeatures  # the decoder's z-independent work at the queries, without a batch axis
     nearest: torch.Tensor  # (V, K) int64: the queries each vertex follows
     rest: torch.Tensor  # (V, 3) M0's vertices
 
@@ -41,10 +44,29 @@ class ModelDecoder:
         self.tokens, self.token_dim = model.cfg.tokens, model.cfg.latent_dim
 
     def __call__(self, z: torch.Tensor, context: ModelContext) -> torch.Tensor:
-        deformation = self.model.decode(
-            z.reshape(1, self.tokens, self.token_dim), context.shape_tokens[None], context.queries[None]
+        features = QueryFeatures(*(f[None] for f in context.features))
+        deformation = self.model.decoder.decode(
+            z.reshape(1, self.tokens, self.token_dim), context.shape_tokens[None], features
         )[0]
-        return context.rest + deformation[context.nearest].mean(dim=1)
+        return context.rest + follow_nearest(deformation, context.nearest)
+
+    def linearize(
+        self, z: torch.Tensor, directions: torch.Tensor, context: ModelContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (V, 3) and its derivatives along the rows of directions (k_q, k): (V, 3, k_q)."""
+        stacked = torch.cat([z[None], directions]).reshape(-1, self.tokens, self.token_dim)
+        deformation = decode_with_tangents(
+            self.model.decoder, stacked, context.shape_tokens, context.features
+        )
+        driven = follow_nearest(deformation.transpose(0, 1), context.nearest)  # (V, 1 + k_q, 3)
+        return context.rest + driven[:, 0], driven[:, 1:].transpose(1, 2)
+
+
+def follow_nearest(per_query: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
+    """(V, ...) the mean over each vertex's nearest queries (V, K) of per-query values (Q, ...). A gather
+    of whole rows: 4x faster than indexing a query axis that is not the first (10k vertices, K = 8)."""
+    rows = per_query.index_select(0, nearest.flatten())
+    return rows.view(*nearest.shape, *per_query.shape[1:]).mean(dim=1)
 
 
 _decoders: weakref.WeakKeyDictionary[NeuROK, ModelDecoder] = weakref.WeakKeyDictionary()
@@ -103,8 +125,9 @@ def latent_shape(
     cloud = torch.from_numpy(surface_points(rest_np, faces_np, points, seed)).to(dtype)
     with torch.no_grad():
         tokens, mu_cond = model.encode_shape(cloud[None])
+        features = QueryFeatures(*(f[0] for f in model.decoder.features(queries[None])))
     context = ModelContext(
-        tokens[0], queries, nearest_queries(vertices, queries, model.cfg.k_drive), vertices
+        tokens[0], queries, features, nearest_queries(vertices, queries, model.cfg.k_drive), vertices
     )
     masses = torch.full((len(rest_np),), total_mass / len(rest_np), dtype=dtype)
     return LatentShape(model_decoder(model), context, mu_cond[0].flatten(), masses, vertices)

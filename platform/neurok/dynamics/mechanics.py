@@ -8,21 +8,19 @@
     Q = J^T f_ext - c G q'                  external generalized forces and Rayleigh damping
 
 The functions are for one object and one state; `System` vectorises them over a batch with vmap.
-J comes from k_q forward-mode JVPs (jacfwd); C, which only RK4 needs, from one JVP nested in a JVP.
+J comes from k_q forward-mode derivatives (ReducedShape.jacobian_fn); C, which only RK4 needs, from one JVP
+nested in a JVP.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-from torch.func import jacfwd, jvp, vmap
+from torch.func import jvp, vmap
 
 from neurok.dynamics.forces import Forcing, vertex_forces
-from neurok.dynamics.shape import ReducedShape
-
-Position = Callable[[torch.Tensor], torch.Tensor]  # q (k_q,) -> x (V, 3)
+from neurok.dynamics.shape import Position, ReducedShape
 
 
 class Physics(NamedTuple):
@@ -30,17 +28,6 @@ class Physics(NamedTuple):
     damping: float  # c, 1/s
     gravity: torch.Tensor  # (3,) m/s^2
     eps: float  # relative regulariser of the metric solve
-
-
-def jacobian(position: Position, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (V, 3) and J = dx/dq (V, 3, k_q)."""
-
-    def x_twice(q: torch.Tensor):  # the second copy comes back as jacfwd's aux: the value itself
-        x = position(q)
-        return x, x
-
-    J, x = jacfwd(x_twice, has_aux=True)(q)
-    return x, J
 
 
 def curvature(position: Position, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -124,7 +111,7 @@ class System:
         self.total_mass = shape.tensors.masses.sum(-1)  # () or (B,)
         position, dims = shape.position_fn, shape.in_dims
         self._position = vmap(lambda q, s: position(s)(q), in_dims=(0, dims))
-        self._jacobian = vmap(lambda q, s: jacobian(position(s), q), in_dims=(0, dims))
+        self._jacobian = vmap(lambda q, s: shape.jacobian_fn(s)(q), in_dims=(0, dims))
         self._pullback = vmap(lambda J, w, s: pullback(J, s.masses, w), in_dims=(0, 0, dims))
         self._metric = vmap(lambda J, s: metric(J, s.masses), in_dims=(0, dims))
         self._potential = vmap(lambda q, x, s: potential(physics, s.masses, q, x), in_dims=(0, 0, dims))

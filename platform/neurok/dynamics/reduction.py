@@ -19,7 +19,7 @@ import torch
 from torch.func import grad_and_value, vmap
 
 from neurok.dynamics.config import ReductionConfig
-from neurok.dynamics.mechanics import jacobian, metric
+from neurok.dynamics.mechanics import metric
 from neurok.dynamics.shape import LatentShape, ReducedShape
 from neurok.errors import ConfigError
 
@@ -60,9 +60,7 @@ def by_inertia(shape: LatentShape, basis: torch.Tensor) -> tuple[torch.Tensor, t
     """The rows of `basis` (k_q, k) rotated to the eigenvectors of G at q = 0, by descending inertia;
     and those eigenvalues (k_q,)."""
     reduced = ReducedShape(shape, basis)
-    G = metric(
-        jacobian(reduced.position_fn(reduced.tensors), basis.new_zeros(basis.shape[0]))[1], shape.masses
-    )
+    G = metric(reduced.jacobian_fn(reduced.tensors)(basis.new_zeros(basis.shape[0]))[1], shape.masses)
     inertia, rotation = torch.linalg.eigh(G)
     return rotation.flip(-1).T @ basis, inertia.flip(-1)
 

@@ -12,13 +12,14 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import torch
-from torch.func import vmap
+from torch.func import jacfwd, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_map
 
 from neurok.errors import NeurokError
 
 Decoder = Callable[[torch.Tensor, Any], torch.Tensor]  # (z (k,), context) -> vertex positions (V, 3)
+Position = Callable[[torch.Tensor], torch.Tensor]  # q (k_q,) -> x (V, 3)
 
 
 def _decode(decode_fn: Decoder, z: torch.Tensor, context: Any) -> torch.Tensor:
@@ -27,16 +28,29 @@ def _decode(decode_fn: Decoder, z: torch.Tensor, context: Any) -> torch.Tensor:
         return decode_fn(z, context)
 
 
+def jacobian(position: Position, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (V, 3) and J = dx/dq (V, 3, k_q) by torch.func.jacfwd: k_q forward-mode JVPs."""
+
+    def x_twice(q: torch.Tensor):  # the second copy comes back as jacfwd's aux: the value itself
+        x = position(q)
+        return x, x
+
+    J, x = jacfwd(x_twice, has_aux=True)(q)
+    return x, J
+
+
 @dataclass(frozen=True)
 class LatentShape:
     """One object's (or a stack of objects') decoder x = decode_fn(z, context), prior N(mu_cond, I), masses.
 
     decode_fn must be pure and differentiable in z, and work under torch.func (vmap, jvp, jacfwd): no
-    random ops, so a torch model must be in eval mode. `context` is a pytree of tensors the decoder
-    needs besides z (for the CVAE: M0's shape tokens and the query points). `rest` is M0's vertices, the
-    reference the deformation is measured from. A stack of objects carries a leading batch dimension on
-    mu_cond, masses, rest and every context tensor; objects with fewer vertices are padded with
-    zero-mass vertices, which then carry no inertia, weight or force.
+    random ops, so a torch model must be in eval mode. A decode_fn with a `linearize(z, directions,
+    context) -> (x, dx/dz directions^T (V, 3, k_q))` method gives the Jacobians the dynamics take every
+    step its own way (the CVAE's is hand-written and several times cheaper than jacfwd). `context` is a
+    pytree of tensors the decoder needs besides z (for the CVAE: M0's shape tokens and query points).
+    `rest` is M0's vertices, the reference the deformation is measured from. A stack of objects carries a
+    leading batch dimension on mu_cond, masses, rest and every context tensor; objects with fewer
+    vertices are padded with zero-mass vertices, which then carry no inertia, weight or force.
     """
 
     decode_fn: Decoder
@@ -160,6 +174,21 @@ class ReducedShape:
     def position_fn(self, tensors: ShapeTensors) -> Callable[[torch.Tensor], torch.Tensor]:
         """q -> x for one object's tensors (inside vmap)."""
         return partial(decode_reduced, self.latent.decode_fn, tensors)
+
+    def jacobian_fn(
+        self, tensors: ShapeTensors
+    ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """q -> (x (V, 3), J = dx/dq (V, 3, k_q)) for one object's tensors (inside vmap): the decoder's
+        `linearize` when it has one, else jacfwd."""
+        linearize = getattr(self.latent.decode_fn, "linearize", None)
+        if linearize is None:
+            return partial(jacobian, self.position_fn(tensors))
+
+        def linearized(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with sdpa_kernel(SDPBackend.MATH):
+                return linearize(tensors.mu_cond + q @ tensors.basis, tensors.basis, tensors.context)
+
+        return linearized
 
     def latents(self, q: torch.Tensor) -> torch.Tensor:
         """z(q) for q (B, ..., k_q); a stack of objects pairs object b with q[b]."""

@@ -31,7 +31,7 @@ from neurok.dynamics import (
     solve_initial_state,
 )
 from neurok.dynamics.from_model import latent_shape
-from neurok.dynamics.mechanics import jacobian, metric
+from neurok.dynamics.mechanics import metric
 from neurok.errors import BadInputError
 from neurok.eval.config import ModelShapeConfig, RenderConfig
 from neurok.eval.render import render_frames, write_video
@@ -91,7 +91,7 @@ def stiffness_for(shape: ReducedShape, frequency: float) -> float:
     """kappa that makes the mean mode of the metric at rest oscillate at `frequency` Hz:
     kappa = (2 pi f)^2 tr(G0) / k_q, since a mode of mass g and stiffness kappa has omega^2 = kappa / g."""
     with torch.no_grad():
-        _, J = jacobian(shape.position_fn(shape.tensors), shape.basis.new_zeros(shape.dims))
+        _, J = shape.jacobian_fn(shape.tensors)(shape.basis.new_zeros(shape.dims))
         G = metric(J, shape.latent.masses)
     return float((2 * np.pi * frequency) ** 2 * G.diagonal().mean())
 

@@ -10,6 +10,8 @@ so torch.func.jvp / jacfwd can differentiate it with respect to z.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -18,6 +20,14 @@ from neurok.model.layers import Block, FourierEmbedding
 from neurok.model.perceiver import PerceiverEncoder
 
 DQ_FEATURES = 8
+
+
+class QueryFeatures(NamedTuple):
+    """The decoder's work at its query points that z does not change: their embedding and their projected
+    queries for the read. Computed once per object for the dynamics, which decode at fixed points."""
+
+    embedded: torch.Tensor  # (B, Q, width)
+    heads: torch.Tensor  # (B, heads, Q, width / heads)
 
 
 class Decoder(nn.Module):
@@ -39,11 +49,19 @@ class Decoder(nn.Module):
         nn.init.zeros_(self.head[-1].weight)  # ours: start from "no deformation"
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, z: torch.Tensor, shape_tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    def features(self, queries: torch.Tensor) -> QueryFeatures:
+        embedded = self.query_embed(queries)
+        return QueryFeatures(embedded, self.read.queries(embedded))
+
+    def decode(self, z: torch.Tensor, shape_tokens: torch.Tensor, features: QueryFeatures) -> torch.Tensor:
+        """Per-query deformation (B, Q, 3) at the queries of `features`."""
         x = torch.cat([shape_tokens, self.lift(z)], dim=1)
         for layer in self.layers:
             x = layer(x)
-        return self.head(self.read(self.query_embed(queries), x))
+        return self.head(self.read.read(features.embedded, features.heads, x))
+
+    def forward(self, z: torch.Tensor, shape_tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        return self.decode(z, shape_tokens, self.features(queries))
 
 
 class NeuROK(nn.Module):

@@ -45,12 +45,19 @@ class Attention(nn.Module):
         self.to_kv = nn.Linear(width, 2 * width, bias=False)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """x's projected queries, split into heads: (B, heads, N, W / heads)."""
         b, n, w = x.shape
-        h = self.heads
-        q = self.to_q(x).view(b, n, h, w // h).transpose(1, 2)
-        k, v = self.to_kv(context).view(b, context.shape[1], 2, h, w // h).permute(2, 0, 3, 1, 4)
-        return self.out(attend(q, k, v, self.fused).transpose(1, 2).reshape(b, n, w))
+        return self.to_q(x).view(b, n, self.heads, w // self.heads).transpose(1, 2)
+
+    def read(self, q: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The attention of projected queries q (from `queries`) over a context (B, M, W): (B, N, W)."""
+        b, h, n, d = q.shape
+        k, v = self.to_kv(context).view(b, context.shape[1], 2, h, d).permute(2, 0, 3, 1, 4)
+        return self.out(attend(q, k, v, self.fused).transpose(1, 2).reshape(b, n, h * d))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.read(self.queries(x), context)
 
 
 class GEGLU(nn.Module):
@@ -82,3 +89,11 @@ class Block(nn.Module):
         h = self.norm(x)
         x = x + self.attn(h, self.norm_context(context) if self.norm_context is not None else h)
         return x + self.ff(self.norm_ff(x)) if self.ff is not None else x
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """The projected queries of a cross-attention block's input x: they do not depend on the context."""
+        return self.attn.queries(self.norm(x))
+
+    def read(self, x: torch.Tensor, q: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """forward(x, context) of a cross-attention block without feed-forward, given q = queries(x)."""
+        return x + self.attn.read(q, self.norm_context(context))
