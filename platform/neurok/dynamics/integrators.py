@@ -46,10 +46,11 @@ class Variational:
 
     Why this one: a variational integrator is symplectic for every Lagrangian, including this one with a
     configuration-dependent metric, so its energy error stays bounded (about (omega dt)^2 / 8 of the
-    energy in play) instead of drifting; and it is the cheapest per step: one Jacobian (k_q JVPs) at the
-    new state, plus a few plain decodes to solve J_n^T M x(q_n+1) = b for q_n+1 by a quasi-Newton
-    iteration with the frozen G_n (contraction about dt |G^-1 dG/dt|). The implicit midpoint rule needs
-    a Jacobian and a reverse pass per iteration, RK4 a Jacobian and a nested JVP per stage.
+    energy in play) instead of drifting; and it is the cheapest per step: one Jacobian (k_q directional
+    derivatives) at the new state, plus usually one plain decode, to solve J_n^T M x(q_n+1) = b for
+    q_n+1 by a quasi-Newton iteration from G_n (contraction about dt |G^-1 dG/dt|). The implicit
+    midpoint rule needs a Jacobian and a reverse pass per iteration, RK4 a Jacobian and a nested JVP per
+    stage.
     It is explicit in stability: omega dt < 2 for the fastest mode, past which the guards stop it.
     Non-conservative forces act half at each end of a step (discrete Lagrange-d'Alembert); the
     velocity-dependent ones (drag, damping) see the velocity of the momentum arriving at the state.
@@ -66,21 +67,29 @@ class Variational:
         zero = q.new_zeros(q.shape[0])
         return VariationalState(q, x, J, tm.G, matvec(tm.G, v), tm.grad_V, tm.Q, zero, torch.zeros_like(q))
 
-    def solve(self, system: System, state: VariationalState, target: torch.Tensor, q: torch.Tensor):
-        """q with J_n^T M (x(q) - x_n) = target, by a quasi-Newton iteration from the guess q: its slope
-        J_n^T M J(q) starts at G_n and improves by Broyden's secant updates (superlinear for small k_q)."""
-        slope = state.G
-        residual = system.pullback(state.J, system.position(q) - state.x) - target
-        for _ in range(self.max_iterations):
+    def solve(
+        self, system: System, state: VariationalState, target: torch.Tensor, q: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q with J_n^T M (x(q) - x_n) = target, and x, J there, by a quasi-Newton iteration from the guess
+        q: its slope J_n^T M J(q) starts at G_n and improves by Broyden's secant updates (superlinear for
+        small k_q). A point likely to be the answer (the first iterate, or one reached by a small step) is
+        evaluated with its Jacobian, which the next step needs anyway, and accepted when the correction
+        it asks for is within tolerance: a typical step costs one decode and one Jacobian."""
+        slope, J = state.G, None
+        x = system.position(q)
+        residual = system.pullback(state.J, x - state.x) - target
+        for i in range(self.max_iterations):
             step, singular = torch.linalg.solve_ex(slope, -residual)
             if singular.any():  # the secant slope lost rank: the iteration is lost
                 raise NotConverged(torch.where(singular > 0, torch.inf, 0.0))
-            q = q + step
             # in vertex space: a direction the decoder barely moves may keep float noise, harmlessly
             change = (step * matvec(state.G, step)).sum(-1).div(system.total_mass).sqrt()
-            if not change.max() > self.tol:  # a NaN ends the iteration too; the simulator catches it
-                return q
-            new = system.pullback(state.J, system.position(q) - state.x) - target
+            small = not change.max() > self.tol  # a NaN counts as small: the simulator catches the state
+            if small and J is not None:  # to first order in the small step: x to second order, J to first
+                return q + step, x + torch.einsum("bvik,bk->bvi", J, step), J
+            q = q + step
+            x, J = system.jacobian(q) if i == 0 or small else (system.position(q), None)
+            new = system.pullback(state.J, x - state.x) - target
             secant = (new - residual - matvec(slope, step)) / step.square().sum(-1, keepdim=True).clamp_min(
                 torch.finfo(step.dtype).tiny
             )
@@ -90,8 +99,7 @@ class Variational:
     def step(self, system: System, state: VariationalState, t: float, dt: float) -> VariationalState:
         b = state.p + 0.5 * dt * (state.Q - state.grad_V)  # = J_n^T M (x_n+1 - x_n) / dt
         linear = state.q + dt * system.solve(state.G, b)  # exact when x is linear in q
-        q = self.solve(system, state, dt * b, linear + state.bend)  # the curvature changes little in a step
-        x, J = system.jacobian(q)
+        q, x, J = self.solve(system, state, dt * b, linear + state.bend)  # the curvature changes little
         arriving = system.pullback(J, x - state.x) / dt
         G = system.metric(J)
         tm = system.terms_from_jacobian(J, q, system.solve(G, arriving), t + dt)

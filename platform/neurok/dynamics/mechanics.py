@@ -14,6 +14,7 @@ nested in a JVP.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -109,43 +110,50 @@ class System:
     def __init__(self, shape: ReducedShape, physics: Physics, forcing: Forcing):
         self.physics, self.forcing, self.tensors = physics, forcing, shape.tensors
         self.total_mass = shape.tensors.masses.sum(-1)  # () or (B,)
-        position, dims = shape.position_fn, shape.in_dims
-        self._position = vmap(lambda q, s: position(s)(q), in_dims=(0, dims))
-        self._jacobian = vmap(lambda q, s: shape.jacobian_fn(s)(q), in_dims=(0, dims))
-        self._pullback = vmap(lambda J, w, s: pullback(J, s.masses, w), in_dims=(0, 0, dims))
-        self._metric = vmap(lambda J, s: metric(J, s.masses), in_dims=(0, dims))
-        self._potential = vmap(lambda q, x, s: potential(physics, s.masses, q, x), in_dims=(0, 0, dims))
-        self._terms_from_jacobian = vmap(
-            lambda J, q, v, t, s, f: terms_from_jacobian(J, s.masses, physics, f, q, v, t),
-            in_dims=(0, 0, 0, None, dims, 0),
+        self._dims = shape.in_dims
+        position = shape.position_fn
+        self._position = self._batched(lambda q, s: position(s)(q), 0)
+        self._jacobian = self._batched(lambda q, s: shape.jacobian_fn(s)(q), 0)
+        self._pullback = self._batched(lambda J, w, s: pullback(J, s.masses, w), 0, 0)
+        self._metric = self._batched(lambda J, s: metric(J, s.masses), 0)
+        self._potential = self._batched(lambda q, x, s: potential(physics, s.masses, q, x), 0, 0)
+        self._terms_from_jacobian = self._batched(
+            lambda J, q, v, t, f, s: terms_from_jacobian(J, s.masses, physics, f, q, v, t), 0, 0, 0, None, 0
         )
-        self._coriolis = vmap(
-            lambda J, q, v, s: coriolis(position(s), s.masses, J, q, v), in_dims=(0, 0, 0, dims)
-        )
+        self._coriolis = self._batched(lambda J, q, v, s: coriolis(position(s), s.masses, J, q, v), 0, 0, 0)
+
+    def _batched(self, fn: Callable, *in_dims: int | None) -> Callable:
+        """fn(*args, tensors) vmapped over the batch, called as f(*args). One object's tensors are closed
+        over instead of passed: vmap would flatten the decoder's context pytree at every call (~15% of a
+        rollout's time)."""
+        if self._dims is None:
+            return vmap(lambda *args: fn(*args, self.tensors), in_dims=in_dims)
+        mapped = vmap(fn, in_dims=(*in_dims, self._dims))
+        return lambda *args: mapped(*args, self.tensors)
 
     def position(self, q: torch.Tensor) -> torch.Tensor:
-        return self._position(q, self.tensors)
+        return self._position(q)
 
     def jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._jacobian(q, self.tensors)
+        return self._jacobian(q)
 
     def pullback(self, J: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return self._pullback(J, w, self.tensors)
+        return self._pullback(J, w)
 
     def metric(self, J: torch.Tensor) -> torch.Tensor:
-        return self._metric(J, self.tensors)
+        return self._metric(J)
 
     def potential(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self._potential(q, x, self.tensors)
+        return self._potential(q, x)
 
     def terms(self, q: torch.Tensor, v: torch.Tensor, t: float) -> Terms:
         return self.terms_from_jacobian(self.jacobian(q)[1], q, v, t)
 
     def terms_from_jacobian(self, J: torch.Tensor, q: torch.Tensor, v: torch.Tensor, t: float) -> Terms:
-        return self._terms_from_jacobian(J, q, v, t, self.tensors, self.forcing)
+        return self._terms_from_jacobian(J, q, v, t, self.forcing)
 
     def coriolis(self, J: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self._coriolis(J, q, v, self.tensors)
+        return self._coriolis(J, q, v)
 
     def solve(self, G: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return solve_metric(G, b, self.physics.eps)

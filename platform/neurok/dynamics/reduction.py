@@ -16,7 +16,7 @@ with less than `min_inertia` of the largest inertia are dropped: the fastest kep
 from __future__ import annotations
 
 import torch
-from torch.func import grad_and_value, vmap
+from torch.func import vmap
 
 from neurok.dynamics.config import ReductionConfig
 from neurok.dynamics.mechanics import metric
@@ -29,13 +29,17 @@ def gradient_covariance(shape: LatentShape, cfg: ReductionConfig) -> torch.Tenso
     mu = shape.mu_cond
     generator = torch.Generator(device=mu.device).manual_seed(cfg.seed)
     z = mu + torch.randn(cfg.samples, mu.shape[0], generator=generator, dtype=mu.dtype, device=mu.device)
-
-    def half_squared_norm(z: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (shape.decode(z) - shape.rest).square().sum()
-
-    # grad |d| = grad(|d|^2 / 2) / |d|; the floor keeps a sample with no deformation at zero, not NaN.
-    grads, half_sq = vmap(grad_and_value(half_squared_norm), chunk_size=cfg.chunk_size)(z)
-    grads = grads / (2 * half_sq).sqrt().clamp_min(torch.finfo(mu.dtype).tiny)[:, None]
+    grads = []
+    # Plain autograd on a batch of decodes: the samples are independent, so the gradient of their sum
+    # holds each sample's gradient (torch.func.grad would also import torch._dynamo: seconds per process).
+    for chunk in z.split(cfg.chunk_size or len(z)):
+        chunk = chunk.detach().requires_grad_()
+        with torch.enable_grad():
+            half_sq = 0.5 * (vmap(shape.decode)(chunk) - shape.rest).square().sum((-2, -1))
+            (grad,) = torch.autograd.grad(half_sq.sum(), chunk)
+        # grad |d| = grad(|d|^2 / 2) / |d|; the floor keeps a sample with no deformation at zero, not NaN.
+        grads.append(grad / (2 * half_sq.detach()).sqrt().clamp_min(torch.finfo(mu.dtype).tiny)[:, None])
+    grads = torch.cat(grads)
     return grads.T @ grads / cfg.samples
 
 
