@@ -100,6 +100,7 @@ def loader_rates(store_path: str, seconds: float = 20.0) -> dict:
     )
     return {
         "workers": cfg.num_workers,
+        "load_average_1min": os.getloadavg()[0],  # other jobs on these cores: the pipeline suffers more
         "pipeline_samples_per_s": pipeline,
         "raw_read_decompress_samples_per_s": limit,
         "map_style_random_access_samples_per_s": mapped,

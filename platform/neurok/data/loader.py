@@ -4,8 +4,9 @@ What one (rank, DataLoader worker) runs each epoch::
 
     shard list (permuted by seed, epoch) -> split_by_node -> split_by_worker -> cycle
       -> read shard (one large read per array) -> per sequence: frame pairs -> samples (surface points
-         carried to the target frame, normalised, augmented; all pairs of a sequence at once)
-      -> shuffle buffer -> skip (resume) -> batch
+         carried to the target frame, normalised, augmented; all pairs of a sequence at once, by compiled
+         kernels writing each sample's fields into one float32 and one int64 row)
+      -> shuffle buffer -> skip (resume) -> batch (stacked into a shared-memory slot: `BatchRing`)
 
 - Equal batches on every rank by construction: every (rank, worker) stream cycles through its own shards
   (reshuffled each pass) and stops after exactly `batches_per_worker` batches, so uneven shards can never
@@ -21,13 +22,18 @@ What one (rank, DataLoader worker) runs each epoch::
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import multiprocessing
 import random
+import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
+from multiprocessing.shared_memory import SharedMemory
 
 import lightning.pytorch as pl
 import numpy as np
@@ -44,6 +50,7 @@ log = logging.getLogger(__name__)
 
 _COL = {name: i for i, name in enumerate(INDEX_FIELDS)}
 LOADER_ARRAYS = ("vertices", "faces")  # a sample needs no vertex flags: they are not read
+RING_SLOTS = 4  # per worker: its DataLoader prefetch (2), the batch being copied out and the one being made
 
 
 @dataclass
@@ -97,17 +104,118 @@ def skip(src, n: int):
 
 
 def collate(samples: list[dict]) -> dict[str, np.ndarray]:
-    return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
+    """The batch's fields (B, ...) as views of its stacked float32 and int64 rows."""
+    floats, ints = (np.stack([s[kind] for s in samples]) for kind in ("floats", "ints"))
+    return _fields(floats, ints, samples[0]["layout"])
 
 
-def as_numpy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The DataLoader's collate_fn in the workers: keep numpy. Pickled numpy crosses the worker pipe ~10x
-    cheaper than tensors, which take a shared-memory segment and a file-descriptor handover each."""
+def _fields(floats: np.ndarray, ints: np.ndarray, layout: list) -> dict[str, np.ndarray]:
+    """Views of float32 and int64 rows (B, L) as the fields (B, ...) of their layout."""
+    rows, start, fields = {np.float32: floats, np.int64: ints}, {np.float32: 0, np.int64: 0}, {}
+    for key, kind, shape in layout:
+        size = math.prod(shape)
+        fields[key] = rows[kind][:, start[kind] : start[kind] + size].reshape(len(floats), *shape)
+        start[kind] += size
+    return fields
+
+
+def _row_length(layout: list, kind: type) -> int:
+    return sum(math.prod(shape) for _, dtype, shape in layout if dtype is kind)
+
+
+def as_numpy(batch):
+    """The DataLoader's collate_fn: batches are already made (a `RingSlot` from a worker)."""
     return batch
 
 
 def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {key: torch.from_numpy(value) for key, value in batch.items()}
+    """Contiguous tensors: collate's views are copied here without workers (a `BatchRing` copies them out)."""
+    return {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in batch.items()}
+
+
+@dataclass(frozen=True)
+class RingSlot:
+    """What a worker sends for a batch: where its stacked rows lie in the worker's ring, and their layout."""
+
+    ring: str
+    slots: int
+    slot: int
+    shape: tuple[int, int, int]  # batch size, float32 and int64 row lengths
+    layout: list
+
+
+class BatchRing:
+    """Batches from a DataLoader worker to the main process through a ring of shared-memory slots.
+
+    Pickling a batch (~0.5 MB) through the worker's result pipe costs more CPU than making it: several copies
+    on each side and a context switch per 64 KiB. Instead the worker (`put`) stacks a batch's rows straight
+    into the next slot and sends only a `RingSlot`; the main process (`RingReader.take`) copies the fields out
+    and frees the slot. A worker is at most its DataLoader prefetch ahead of the main process, so with more
+    slots than that `put` never waits. The worker creates its ring, named by the main process, on its first
+    batch; the main process unlinks it when the epoch ends.
+    """
+
+    def __init__(self, name: str, slots: int):
+        self.name, self.slots, self.produced = name, slots, 0
+        self.shm: SharedMemory | None = None
+
+    def put(self, samples: list[dict]) -> RingSlot:
+        shape = (len(samples), samples[0]["floats"].size, samples[0]["ints"].size)
+        if self.shm is None:
+            self.shm = SharedMemory(self.name, create=True, size=_ring_bytes(self.slots, shape))
+        slot = self.produced % self.slots
+        consumed, floats, ints = _ring_arrays(self.shm, self.slots, shape, slot)
+        while self.produced - consumed[0] >= self.slots:  # the main process has not copied this slot out yet
+            time.sleep(0.001)
+        np.stack([s["floats"] for s in samples], out=floats)
+        np.stack([s["ints"] for s in samples], out=ints)
+        self.produced += 1
+        return RingSlot(self.name, self.slots, slot, shape, samples[0]["layout"])
+
+
+class RingReader:
+    """The main process's end of the rings of `workers` workers named `prefix`-worker."""
+
+    def __init__(self, prefix: str, workers: int):
+        self.prefix, self.workers = prefix, workers
+        self.rings: dict[str, SharedMemory] = {}
+
+    def take(self, at: RingSlot) -> dict[str, np.ndarray]:
+        """Copy a batch out of its slot, and free the slot."""
+        if at.ring not in self.rings:
+            self.rings[at.ring] = SharedMemory(at.ring)
+        consumed, floats, ints = _ring_arrays(self.rings[at.ring], at.slots, at.shape, at.slot)
+        batch = {key: value.copy() for key, value in _fields(floats, ints, at.layout).items()}
+        consumed[0] += 1
+        return batch
+
+    def close(self) -> None:
+        """Unmap and unlink every worker's ring, those of workers whose batches were never taken included."""
+        for worker in range(self.workers):
+            name = ring_name(self.prefix, worker)
+            with contextlib.suppress(FileNotFoundError):
+                shm = self.rings.pop(name, None) or SharedMemory(name)
+                shm.close()
+                shm.unlink()
+
+
+def ring_name(prefix: str, worker: int) -> str:
+    return f"{prefix}-{worker}"
+
+
+def _ring_bytes(slots: int, shape: tuple[int, int, int]) -> int:
+    batch, n_floats, n_ints = shape
+    return 8 + slots * batch * (4 * n_floats + 8 * n_ints)
+
+
+def _ring_arrays(shm: SharedMemory, slots: int, shape: tuple[int, int, int], slot: int):
+    """Views of a ring: its count of batches copied out (1,) int64, and one slot's float and int rows."""
+    batch, n_floats, n_ints = shape
+    slot_bytes = batch * (4 * n_floats + 8 * n_ints)
+    start = 8 + slot * slot_bytes
+    floats = np.ndarray((batch, n_floats), np.float32, shm.buf, start)
+    ints = np.ndarray((batch, n_ints), np.int64, shm.buf, start + 4 * batch * n_floats)
+    return np.ndarray((1,), np.int64, shm.buf), floats, ints
 
 
 class FramePairStream(IterableDataset):
@@ -129,6 +237,7 @@ class FramePairStream(IterableDataset):
         self.rank, self.world, self.train, self.dual_quaternion = rank, world, train, dual_quaternion
         self.epoch = 0
         self.start_batch = 0
+        self.ring_prefix = ""  # named per epoch by EpochLoader
         self._store: Store | None = None
 
     def __getstate__(self) -> dict:
@@ -161,9 +270,15 @@ class FramePairStream(IterableDataset):
             partial(self._read_samples, rng=_rng(*key, 2)),
             wds.shuffle(buffer, initial=buffer, rng=random.Random(shuffle_seed)) if self.train else None,
             partial(skip, n=done * self.cfg.batch_size),
-            wds.batched(self.cfg.batch_size, collation_fn=collate, partial=False),
+            wds.batched(self.cfg.batch_size, collation_fn=self._collation(info), partial=False),
         )
         return islice(iter(pipeline), self.batches_per_worker - done)
+
+    def _collation(self, worker_info):
+        """In a worker, batches go to the main process through a shared-memory ring (see BatchRing)."""
+        if worker_info is None:
+            return collate
+        return BatchRing(ring_name(self.ring_prefix, worker_info.id), RING_SLOTS).put
 
     def _read_samples(self, src, rng: np.random.Generator):
         """Read each shard in one go; make `pairs_per_sequence` samples of each of its split's sequences."""
@@ -190,68 +305,76 @@ class FramePairStream(IterableDataset):
 
     def make_samples(
         self, sequence: int, arrays: dict, pairs: np.ndarray, rng: np.random.Generator
-    ) -> list[dict[str, np.ndarray]]:
-        """One sample per frame pair (K, 2) of `sequence`, whose shard's arrays (numpy or zarr) are `arrays`.
+    ) -> list[dict]:
+        """One packed sample per frame pair (K, 2) of `sequence`, whose shard's arrays (numpy or zarr) are
+        `arrays`.
 
-        The K pairs are built together, one numpy call per step: per-pair calls on arrays this small would
-        cost more in call overhead than in arithmetic.
+        The K pairs are built together, one compiled kernel per step writing straight into the packed rows:
+        per-pair numpy calls on arrays this small cost more in call overhead and copies than in arithmetic.
         """
-        store, s, n_points = self.store, sequence, self.cfg.points
+        store, s, cfg, n = self.store, sequence, self.cfg, len(pairs)
         row = store.index[s]
         n_frames, n_vertices = int(row[_COL["n_frames"]]), int(row[_COL["n_vertices"]])
         offset, face_offset = int(row[_COL["vertex_offset"]]), int(row[_COL["face_offset"]])
         frames = arrays["vertices"][offset : offset + n_frames * n_vertices].reshape(n_frames, n_vertices, 3)
         faces = arrays["faces"][face_offset : face_offset + int(row[_COL["n_faces"]])]
-        both = sampling.normalise(frames[pairs], store.norm_center[s], store.norm_scale[s])
-        rest, target = self._augment(both, rng).transpose(1, 0, 2, 3)  # (K, V, 3) each
-        # (K, V, 6) positions and displacements: one interpolation carries the same points on both frames.
-        values = np.concatenate([rest, target - rest], axis=-1)
-        # Area ratios survive the rotation and uniform scale: sampling the augmented rest frame is exact.
-        face, bary = sampling.sample_surfaces(rest, faces, n_points + self.cfg.queries, rng)
-        surface = sampling.interpolate(values, faces, face, bary)  # (K, points + queries, 6)
-        at_vertices = sampling.gather(values, self._vertex_choice(len(pairs), n_vertices, rng))
-        per_pair = {
-            "points": surface[:, :n_points, :3],
-            "displacement": surface[:, :n_points, 3:],
-            "queries": surface[:, n_points:, :3],
-            "query_displacement": surface[:, n_points:, 3:],
-            "vertices": at_vertices[..., :3],
-            "vertex_displacement": at_vertices[..., 3:],
-            "frames": pairs.astype(np.int64),
-        }
-        if self.dual_quaternion:
-            per_pair["dual_quaternion"] = self._dual_quaternions(rest, target, faces, face, bary)
-        shared = {
-            "conditions": store.conditions[s].astype(np.float32),
-            "category": np.int64(row[_COL["category"]]),
-            "object_type": np.int64(row[_COL["object_type"]]),
-            "sequence": np.int64(s),
-        }
-        return [{key: value[k] for key, value in per_pair.items()} | shared for k in range(len(pairs))]
+        augmentation = self._augmentation(n, rng)
+        both = sampling.normalised_pairs(
+            frames, pairs, store.norm_center[s], store.norm_scale[s], augmentation
+        )
+        rest, target = both[:, 0], both[:, 1]  # (K, V, 3) each
 
-    def _dual_quaternions(self, rest, target, faces, face, bary) -> np.ndarray:
+        layout = self._layout(store.conditions.shape[1])
+        floats, ints = (np.empty((n, _row_length(layout, kind)), kind) for kind in (np.float32, np.int64))
+        # The layout's first fields as (K, 2, n, 3) blocks: points, queries and their displacements, then the
+        # vertices and theirs. Area ratios survive the rotation and uniform scale: sampling the augmented rest
+        # frame is exact.
+        n_surface = cfg.points + cfg.queries
+        uniform = sampling.surface_draws(rng, n, n_surface)
+        sampling.carry_surface_points(
+            rest, target, faces, uniform, floats[:, : 6 * n_surface].reshape(n, 2, -1, 3)
+        )
+        vertices = sampling.choose(n_vertices, rng.random((n, cfg.vertices)))
+        at_vertices = floats[:, 6 * n_surface : 6 * (n_surface + cfg.vertices)].reshape(n, 2, -1, 3)
+        sampling.carry_vertices(rest, target, vertices, at_vertices)
+        fields = _fields(floats, ints, layout)
+        fields["conditions"][:] = store.conditions[s]
+        if self.dual_quaternion:
+            fields["dual_quaternion"][:] = self._dual_quaternions(rest, target, faces, uniform)
+        fields["frames"][:] = pairs
+        fields["category"][:], fields["object_type"][:] = row[_COL["category"]], row[_COL["object_type"]]
+        fields["sequence"][:] = s
+        return [{"floats": floats[k], "ints": ints[k], "layout": layout} for k in range(n)]
+
+    def _layout(self, n_conditions: int) -> list[tuple[str, type, tuple[int, ...]]]:
+        """(key, dtype, shape) of a sample's fields, in the order of its packed float32 and int64 rows."""
+        p, q, v = self.cfg.points, self.cfg.queries, self.cfg.vertices
+        floats = {"points": (p, 3), "queries": (q, 3), "displacement": (p, 3), "query_displacement": (q, 3)}
+        floats |= {"vertices": (v, 3), "vertex_displacement": (v, 3), "conditions": (n_conditions,)}
+        if self.dual_quaternion:
+            floats["dual_quaternion"] = (p, 8)
+        ints = {"frames": (2,), "category": (), "object_type": (), "sequence": ()}
+        return [(k, np.float32, shape) for k, shape in floats.items()] + [
+            (k, np.int64, shape) for k, shape in ints.items()
+        ]
+
+    def _dual_quaternions(self, rest, target, faces, uniform) -> np.ndarray:
         """(K, points, 8): per-vertex rigid motions rest -> target, blended at the input points."""
         pairs = zip(rest, target, strict=True)
         dq = np.stack([sampling.vertex_dual_quaternions(r, t, faces) for r, t in pairs])
-        n = self.cfg.points
-        return sampling.blend_dual_quaternions(sampling.interpolate(dq, faces, face[:, :n], bary[:, :n]))
+        face, bary = sampling.sample_surfaces(
+            rest, faces, np.ascontiguousarray(uniform[..., : self.cfg.points])
+        )
+        return sampling.blend_dual_quaternions(sampling.interpolate(dq, faces, face, bary))
 
-    def _augment(self, both: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A random rotation about up and a uniform scale per pair, the same for both frames (K, 2, V, 3)."""
-        cfg, n = self.cfg.augment, len(both)
+    def _augmentation(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, 3, 3) per pair: a random rotation about up times a uniform scale, the same for both frames."""
+        cfg = self.cfg.augment
         # Drawn even when off, so switching augmentation off changes nothing else about a sample.
         angle, scale = rng.uniform(0.0, 2 * np.pi, n), rng.uniform(*cfg.scale, n).astype(np.float32)
-        if not self.train or not (cfg.rotate or cfg.scale[0] != cfg.scale[1]):
-            return both
-        rotation = sampling.rotation_about_up(angle if cfg.rotate else np.zeros(n)) * scale[:, None, None]
-        return both @ rotation[:, None].swapaxes(-1, -2)
-
-    def _vertex_choice(self, n: int, n_vertices: int, rng: np.random.Generator) -> np.ndarray:
-        """(n, vertices) mesh vertices per sample: distinct unless the mesh has fewer than asked for."""
-        if n_vertices < self.cfg.vertices:
-            return rng.integers(n_vertices, size=(n, self.cfg.vertices))
-        order = rng.permuted(np.broadcast_to(np.arange(n_vertices), (n, n_vertices)), axis=1)
-        return order[:, : self.cfg.vertices]
+        if not self.train:
+            return np.tile(np.eye(3, dtype=np.float32), (n, 1, 1))
+        return sampling.rotation_about_up(angle if cfg.rotate else np.zeros(n)) * scale[:, None, None]
 
 
 class EpochLoader:
@@ -294,10 +417,17 @@ class EpochLoader:
             collate_fn=as_numpy,
             generator=torch.Generator().manual_seed(self.stream.cfg.seed),
         )
-        for batch in islice(loader, len(self) - self.batch):
-            if self.advance:
-                self.batch += 1
-            yield to_tensors(batch)
+        self.stream.ring_prefix = f"neurok-{secrets.token_hex(6)}"
+        reader, batches = RingReader(self.stream.ring_prefix, self.workers), iter(loader)
+        try:
+            for batch in islice(batches, len(self) - self.batch):
+                if self.advance:
+                    self.batch += 1
+                yield to_tensors(reader.take(batch) if self.workers else batch)
+        finally:
+            # Dropping the last reference shuts the workers down: none makes its ring after the clean-up.
+            del batches
+            reader.close()
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "layout": self._layout()}

@@ -1,12 +1,13 @@
 """Per-sample geometry for the loader: surface sampling with correspondence, augmentation, DQ features.
 
-All functions are pure numpy; randomness comes in as an explicit `np.random.Generator` (or its draws).
-The sampling functions take optional leading batch dimensions, so that the loader builds all the frame
-pairs it draws from one sequence with one call each.
+Randomness comes in as an explicit `np.random.Generator` (or its draws). The sampling functions take
+leading batch dimensions, so that the loader builds all the frame pairs it draws from one sequence with one
+call each; their per-point work runs in numba kernels.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from scipy.spatial.transform import Rotation
 
@@ -24,85 +25,19 @@ def rotation_about_up(angle: float | np.ndarray) -> np.ndarray:
     return np.stack(rows, axis=-1).reshape(*np.shape(angle), 3, 3).astype(np.float32)
 
 
-def face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(..., F) triangle areas of (..., V, 3) vertices."""
-    # Corners as contiguous (..., 3, F) coordinate rows: the cross product is then cheap elementwise work.
-    a, b, c = (np.take(np.moveaxis(vertices, -1, -2), faces[:, k], axis=-1) for k in range(3))
-    (ux, uy, uz), (vx, vy, vz) = np.moveaxis(b - a, -2, 0), np.moveaxis(c - a, -2, 0)
-    x, y, z = uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx
-    return 0.5 * np.sqrt(x * x + y * y + z * z)
-
-
-def area_cdf(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(..., F) float64 cumulative distribution of the faces by area, ending at exactly 1.
-
-    The arithmetic is `Generator.choice(p=areas / total)`'s, so `sample_faces` draws what it drew. A
-    degenerate mesh (no area) falls back to uniform over faces.
-    """
-    areas = face_areas(vertices, faces).astype(np.float64)
-    total = areas.sum(axis=-1, keepdims=True)
-    p = np.divide(areas, total, out=np.ones_like(areas), where=total > 0)
-    cdf = np.cumsum(p, axis=-1)
-    return cdf / cdf[..., -1:]
-
-
-def sample_faces(cdf: np.ndarray, uniform: np.ndarray) -> np.ndarray:
-    """Inverse-CDF sampling: (..., n) face indices for (..., n) uniform draws in [0, 1) on (..., F) `cdf`.
-
-    side="right" never picks a zero-area face (its cdf equals its predecessor's). Rows are searched in one
-    call by shifting row r's cdf and draws by r; a shift can round a draw up into the next row, so clip.
-    """
-    n_faces = cdf.shape[-1]
-    shift = np.arange(int(np.prod(cdf.shape[:-1]))).reshape(*cdf.shape[:-1], 1)
-    flat = np.searchsorted((cdf + shift).ravel(), uniform + shift, side="right")
-    return np.minimum(flat - shift * n_faces, n_faces - 1)
-
-
-def barycentric(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
-    """(..., 3) float32 barycentric weights uniform over a triangle, from two uniform draws of shape (...)."""
-    s = np.sqrt(r1)  # the square-root warp makes (u, v, w) uniform over the triangle
-    return np.stack([1.0 - s, s * (1.0 - r2), s * r2], axis=-1).astype(np.float32)
-
-
-def sorted_uniform(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Independent uniform draws in [0, 1), sorted along the last axis, in O(n): the normalised cumulative
-    sums of n + 1 exponential spacings (Devroye, Non-Uniform Random Variate Generation, V.2)."""
-    sums = np.cumsum(rng.standard_exponential((*shape[:-1], shape[-1] + 1)), axis=-1)
-    return sums[..., :-1] / sums[..., -1:]
-
-
 def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator):
-    """n points uniform over the surface area: (face index (n,), barycentric weights (n, 3))."""
-    face = sample_faces(area_cdf(vertices, faces), rng.random(n))
-    return face, barycentric(rng.random(n), rng.random(n))
+    """n points uniform over the surface area: (face index (n,), barycentric weights (n, 3)).
 
-
-def sample_surfaces(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator):
-    """n independent points uniform over the area of each of the meshes (K, V, 3) sharing `faces`:
-    (face index (K, n), barycentric weights (K, n, 3)). The loader's batched, faster `sample_surface`.
-
-    Sorted draws make the search's branches predictable (several times faster); permuting the faces
-    afterwards gives back independent samples in random order.
+    float64 draws, in the order they always had: evaluation and simulation keep their points for a seed.
     """
-    face = sample_faces(area_cdf(vertices, faces), sorted_uniform(rng, (len(vertices), n)))
-    face = rng.permuted(face, axis=-1)
-    shape = face.shape
-    return face, barycentric(rng.random(shape, np.float32), rng.random(shape, np.float32))
+    face, bary = sample_surfaces(vertices[None], faces, rng.random((1, 3, n)))
+    return face[0], bary[0]
 
 
-def _flat_rows(values: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Row indices (..., m, ...) into each mesh of values (..., V, C) -> into values.reshape(-1, C)."""
-    n_rows, batch = values.shape[-2], values.shape[:-2]
-    first_row = np.arange(0, int(np.prod(batch)) * n_rows, n_rows, dtype=index.dtype)
-    return index + first_row.reshape(*batch, *[1] * (index.ndim - len(batch)))
-
-
-def gather(values: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Rows of per-vertex values (..., V, C) at indices (..., m) of each mesh -> (..., m, C).
-
-    np.take on the flattened rows is several times faster than fancy indexing or take_along_axis.
-    """
-    return np.take(values.reshape(-1, values.shape[-1]), _flat_rows(values, index), axis=0)
+def surface_draws(rng: np.random.Generator, n_meshes: int, n: int) -> np.ndarray:
+    """The loader's (n_meshes, 3, n) uniform draws: per surface point, one that picks its face and two that
+    place it inside. float32: half the cost of float64, and 24 bits resolve faces down to 6e-8 of the area."""
+    return rng.random((n_meshes, 3, n), np.float32)
 
 
 def interpolate(values: np.ndarray, faces: np.ndarray, face: np.ndarray, bary: np.ndarray) -> np.ndarray:
@@ -110,12 +45,9 @@ def interpolate(values: np.ndarray, faces: np.ndarray, face: np.ndarray, bary: n
 
     Leading dimensions index meshes that share `faces` (frames of one sequence), each with its own samples.
     """
-    rows = values.reshape(-1, values.shape[-1])
-    corners = _flat_rows(values, np.take(faces, face, axis=0))  # (..., n, 3)
-    out = np.take(rows, corners[..., 0], axis=0) * bary[..., 0:1]
-    for k in (1, 2):  # corner by corner: contiguous (..., n, C) arrays, no (..., n, 3, C) one
-        out += np.take(rows, corners[..., k], axis=0) * bary[..., k : k + 1]
-    return out.astype(np.float32, copy=False)
+    meshes = values.reshape(-1, *values.shape[-2:])
+    out = _interpolate(meshes, faces, face.reshape(len(meshes), -1), bary.reshape(len(meshes), -1, 3))
+    return out.reshape(*face.shape, values.shape[-1])
 
 
 def _quaternion_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -165,3 +97,164 @@ def blend_dual_quaternions(dq: np.ndarray) -> np.ndarray:
     """Normalise blended dual quaternions (..., 8) by the norm of their real part (DLB)."""
     norm = np.linalg.norm(dq[..., :4], axis=-1, keepdims=True)
     return (dq / np.maximum(norm, 1e-8)).astype(np.float32)
+
+
+# Compiled kernels: per-point loops, where numpy would spend more in call overhead and temporaries than in
+# arithmetic on meshes this small. cache=True: worker processes load the machine code instead of compiling.
+
+
+@numba.njit(cache=True, nogil=True)
+def sample_surfaces(vertices, faces, uniform):
+    """Points uniform over the area of each of the meshes (K, V, 3) sharing `faces`, from `surface_draws`
+    (K, 3, n): (face index (K, n), barycentric weights (K, n, 3) float32). Point i of mesh k takes the face by
+    inverse-CDF sampling of the areas with draw uniform[k, 0, i], its weights from draws uniform[k, 1:, i]."""
+    n_meshes, n = len(vertices), uniform.shape[2]
+    face = np.empty((n_meshes, n), np.int64)
+    bary = np.empty((n_meshes, n, 3), np.float32)
+    cdf = np.empty(len(faces))
+    for k in range(n_meshes):
+        _scaled_area_cdf(vertices[k], faces, cdf)
+        guide = _guide_table(cdf)
+        for i in range(n):
+            face[k, i] = _search(cdf, guide, uniform[k, 0, i] * len(faces))
+            bary[k, i, 0], bary[k, i, 1], bary[k, i, 2] = _barycentric(uniform[k, 1, i], uniform[k, 2, i])
+    return face, bary
+
+
+@numba.njit(cache=True, nogil=True)
+def _barycentric(r1, r2):
+    """float32 weights uniform over a triangle from two uniform draws (the square root makes them uniform)."""
+    s = np.sqrt(r1)
+    return np.float32(1.0 - s), np.float32(s * (1.0 - r2)), np.float32(s * r2)
+
+
+@numba.njit(cache=True, nogil=True)
+def _scaled_area_cdf(vertices, faces, cdf):
+    """The faces' cumulative distribution by area (uniform if there is none) times F, into cdf (F,); the last
+    entry is infinite, so that searches stop at the last face whatever the rounding."""
+    total = 0.0
+    for f in range(len(faces)):
+        total += _doubled_area(vertices, faces[f, 0], faces[f, 1], faces[f, 2])  # the same distribution
+        cdf[f] = total
+    if total > 0:
+        cdf *= len(cdf) / total
+    else:
+        cdf[:] = np.arange(1, len(cdf) + 1)
+    cdf[-1] = np.inf
+
+
+@numba.njit(cache=True, nogil=True)
+def _doubled_area(p, a, b, c):
+    """|(p[b] - p[a]) x (p[c] - p[a])| of rows a, b, c of p (V, 3)."""
+    ux, uy, uz = p[b, 0] - p[a, 0], p[b, 1] - p[a, 1], p[b, 2] - p[a, 2]
+    vx, vy, vz = p[c, 0] - p[a, 0], p[c, 1] - p[a, 1], p[c, 2] - p[a, 2]
+    x, y, z = uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx
+    return np.sqrt(x * x + y * y + z * z)
+
+
+@numba.njit(cache=True, nogil=True)
+def _guide_table(cdf):
+    """guide[j]: the first face whose scaled cdf exceeds j, where the search for x in [j, j + 1) starts (Chen
+    and Asau's guide table): O(1) expected per draw instead of a binary search."""
+    guide = np.empty(len(cdf), np.int64)
+    f = 0
+    for j in range(len(cdf)):
+        while cdf[f] <= j:
+            f += 1
+        guide[j] = f
+    return guide
+
+
+@numba.njit(cache=True, nogil=True)
+def _search(cdf, guide, x):
+    """The first face whose scaled cdf exceeds x in [0, F), as np.searchsorted(cdf, x, side="right")."""
+    f = guide[int(x)]
+    # A guide interval holds about one cdf entry: two branchless steps settle nearly every draw (a
+    # mispredicted branch per draw would double the cost), the loop the rest.
+    f += cdf[f] <= x
+    f += cdf[f] <= x
+    while cdf[f] <= x:
+        f += 1
+    return f
+
+
+@numba.njit(cache=True, nogil=True)
+def _interpolate(values, faces, face, bary):
+    """(K, n, C) float32: per sample, the weighted values (K, V, C) at its face's three corners."""
+    n_meshes, n, n_channels = face.shape[0], face.shape[1], values.shape[2]
+    out = np.empty((n_meshes, n, n_channels), np.float32)
+    for k in range(n_meshes):
+        for i in range(n):
+            a, b, c = faces[face[k, i], 0], faces[face[k, i], 1], faces[face[k, i], 2]
+            wa, wb, wc = bary[k, i, 0], bary[k, i, 1], bary[k, i, 2]
+            for j in range(n_channels):
+                out[k, i, j] = values[k, a, j] * wa + values[k, b, j] * wb + values[k, c, j] * wc
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def carry_surface_points(rest, target, faces, uniform, out):
+    """Points uniform over the area of each rest mesh (K, V, 3), drawn from `uniform` (K, 3, n) as
+    `sample_surfaces` places them, written to out (K, 2, n, 3): their positions on rest, and their
+    displacements to the target meshes (K, V, 3) of the same faces."""
+    cdf = np.empty(len(faces))
+    for k in range(len(rest)):
+        _scaled_area_cdf(rest[k], faces, cdf)
+        guide = _guide_table(cdf)
+        for i in range(uniform.shape[2]):
+            f = _search(cdf, guide, uniform[k, 0, i] * len(faces))
+            a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
+            wa, wb, wc = _barycentric(uniform[k, 1, i], uniform[k, 2, i])
+            for j in range(3):
+                p = rest[k, a, j] * wa + rest[k, b, j] * wb + rest[k, c, j] * wc
+                out[k, 0, i, j] = p
+                out[k, 1, i, j] = target[k, a, j] * wa + target[k, b, j] * wb + target[k, c, j] * wc - p
+
+
+@numba.njit(cache=True, nogil=True)
+def carry_vertices(rest, target, index, out):
+    """Vertices index (K, m) of rest meshes (K, V, 3), written to out (K, 2, m, 3): their positions, and their
+    displacements to the target meshes (K, V, 3)."""
+    for k in range(len(index)):
+        for i in range(index.shape[1]):
+            for j in range(3):
+                out[k, 0, i, j] = rest[k, index[k, i], j]
+                out[k, 1, i, j] = target[k, index[k, i], j] - rest[k, index[k, i], j]
+
+
+@numba.njit(cache=True, nogil=True)
+def choose(n, uniform):
+    """(K, m) indices in [0, n) from uniform draws (K, m): distinct in each row (a partial Fisher-Yates
+    shuffle) unless m > n, then independent."""
+    n_rows, m = uniform.shape
+    index = np.empty((n_rows, m), np.int64)
+    order = np.empty(n, np.int64)
+    for k in range(n_rows):
+        if m > n:
+            for i in range(m):
+                index[k, i] = int(uniform[k, i] * n)
+            continue
+        order[:] = np.arange(n)
+        for i in range(m):  # swap a uniform pick among the n - i not yet chosen into place i
+            j = i + int(uniform[k, i] * (n - i))
+            order[i], order[j] = order[j], order[i]
+            index[k, i] = order[i]
+    return index
+
+
+@numba.njit(cache=True, nogil=True)
+def normalised_pairs(frames, pairs, center, scale, linear):
+    """(K, 2, V, 3) float32: the frames pairs[k] of frames (T, V, 3), normalised as `normalise` does and then
+    mapped by linear[k] (K, 3, 3)."""
+    n_vertices = frames.shape[1]
+    out = np.empty((len(pairs), 2, n_vertices, 3), np.float32)
+    for k in range(len(pairs)):
+        for e in range(2):
+            frame = frames[pairs[k, e]]
+            for v in range(n_vertices):
+                x = (frame[v, 0] - center[0]) / scale
+                y = (frame[v, 1] - center[1]) / scale
+                z = (frame[v, 2] - center[2]) / scale
+                for i in range(3):
+                    out[k, e, v, i] = linear[k, i, 0] * x + linear[k, i, 1] * y + linear[k, i, 2] * z
+    return out
