@@ -50,7 +50,7 @@ def scaling(store: str, preset: str, steps: int, work: Path) -> dict:
     import ray
 
     from neurok.train.config import load_train_config
-    from neurok.train.ray_launcher import train
+    from neurok.train.ray_launcher import start_local_ray, train
 
     out = {}
     for workers in (1, 2):
@@ -72,7 +72,7 @@ def scaling(store: str, preset: str, steps: int, work: Path) -> dict:
                 f"ray.num_workers={workers}",
             ],
         )
-        ray.init(num_cpus=2, _temp_dir=os.environ["RAY_TMPDIR"], log_to_driver=False)
+        start_local_ray(num_cpus=2, log_to_driver=False)  # as `neurok train launcher=ray` starts one
         try:
             train(cfg, callbacks=[StepTimer(str(timer))])
         finally:
@@ -135,8 +135,10 @@ def comm(store: str, work: Path, widths: list[int], repeats: int) -> list[dict]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from neurok.train.ray_launcher import start_local_ray
+
     out = work / "comm.json"
-    ray.init(num_cpus=2, _temp_dir=os.environ["RAY_TMPDIR"], log_to_driver=False)
+    start_local_ray(num_cpus=2, log_to_driver=False)
     try:
         TorchTrainer(
             comm_worker,

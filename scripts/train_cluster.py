@@ -68,7 +68,14 @@ class LocalCluster:
         )  # short: Ray's socket paths have a length limit
         self.port, self.dashboard_port = free_port(), free_port()
         token = secrets.token_hex(32)
-        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": token,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # Ray's default niceness of 15 puts workers below every other process here: a preempted DDP
+            # rank stalls all ranks, and a task runs slower than the same work in a process pool.
+            "RAY_worker_niceness": "0",
+        }
         self.procs: list[subprocess.Popen] = []
 
     @property

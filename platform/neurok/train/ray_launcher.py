@@ -186,6 +186,13 @@ def train_worker(config: dict) -> None:
         trainer.fit(parts.module, datamodule=parts.data, ckpt_path=str(path), weights_only=True)
 
 
+def start_local_ray(**options) -> None:
+    """A local Ray (its files in RAY_TMPDIR) whose workers run at normal priority. Ray's default niceness of
+    15 puts a DDP rank below every other process on the machine; each preemption of one rank then stalls
+    all ranks at the next all-reduce."""
+    ray.init(_temp_dir=os.environ.get("RAY_TMPDIR"), _system_config={"worker_niceness": 0}, **options)
+
+
 def _connect() -> bool:
     """Join RAY_ADDRESS (or the cluster a Ray job runs in), else start a local Ray; True if we started one."""
     if ray.is_initialized():
@@ -193,7 +200,7 @@ def _connect() -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(_temp_dir=os.environ.get("RAY_TMPDIR"))
+        start_local_ray()
     return True
 
 

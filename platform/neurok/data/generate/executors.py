@@ -51,6 +51,9 @@ def _write_in_order(path: str, shards: Shards, sequences: Iterator, layout: Stor
 def ray_tasks(path: str, shards: Shards, physics: PhysicsSpec, layout: StoreLayout, workers: int) -> Iterator:
     """One Ray task per loader shard: it simulates the shard's sequences and writes the shard's files.
 
+    (Per-sequence simulation tasks plus a writer task per shard balanced the tail better, but Ray then ran
+    every simulation before any write: no shard committed until the end, all sequences held in memory.)
+
     Connects to RAY_ADDRESS when set, else starts a local Ray with `workers` CPUs (and stops it after).
     """
     import ray
@@ -59,8 +62,14 @@ def ray_tasks(path: str, shards: Shards, physics: PhysicsSpec, layout: StoreLayo
     if started:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, log_to_driver=False, _temp_dir=os.environ.get("RAY_TMPDIR"))
+        else:  # a throwaway Ray: no dashboard; workers at normal priority, as the process pool's
+            ray.init(
+                num_cpus=workers,
+                log_to_driver=False,
+                include_dashboard=False,
+                _temp_dir=os.environ.get("RAY_TMPDIR"),
+                _system_config={"worker_niceness": 0},
+            )
     task = ray.remote(num_cpus=1, max_retries=2)(_shard_task)
     try:
         pending = {task.remote(path, k, block, physics, layout): k for k, block in shards.items()}
