@@ -19,7 +19,7 @@ from neurok.errors import ConfigError
 from neurok.track.registry import CHALLENGER
 from neurok.tune.config import Objective, TuneConfig
 from neurok.tune.report import markdown, pareto_front
-from neurok.tune.sweep import report_count
+from neurok.tune.sweep import close_unreported_runs, report_count
 from neurok.tune.trial import overrides_for
 from test_loader_stores import write_store
 
@@ -59,6 +59,20 @@ def test_asha_clock_needs_whole_validation_intervals():
     assert report_count(8, 2) == 5  # 4 validations and the final report
     with pytest.raises(ConfigError, match="multiple of trainer.val_every_n_steps"):
         report_count(9, 2)
+
+
+def test_runs_of_trials_that_never_reported_are_closed(tmp_path):
+    """A trial killed before its first report leaves its child run RUNNING: the sweep marks it FAILED,
+    and leaves finished children and other sweeps' runs alone."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("sweep")
+    parent, other = (client.create_run(experiment).info.run_id for _ in range(2))
+    child = lambda p: client.create_run(experiment, tags={"mlflow.parentRunId": p}).info.run_id  # noqa: E731
+    orphan, finished, elsewhere = child(parent), child(parent), child(other)
+    client.set_terminated(finished)
+    assert close_unreported_runs(client, parent) == [orphan]
+    status = {r: client.get_run(r).info.status for r in (orphan, finished, elsewhere, parent)}
+    assert status == {orphan: "FAILED", finished: "FINISHED", elsewhere: "RUNNING", parent: "RUNNING"}
 
 
 def test_pipeline_config_defaults(tmp_path, monkeypatch):

@@ -187,6 +187,7 @@ def run_sweep(cfg: TuneConfig) -> SweepResult:
     for row in rows:  # a trial that ASHA stopped or that failed ended mid-run: close its MLflow run
         if row["run_id"] and row["state"] != COMPLETED:
             client.set_terminated(row["run_id"], "FAILED" if row["state"] == FAILED else "KILLED")
+    close_unreported_runs(client, parent)
     if rows and all(r["error"] for r in rows):
         raise NeurokError(f"tune: every trial failed; the first: {rows[0]['error']}")
     front = pareto_front(rows, cfg.objectives)
@@ -203,6 +204,18 @@ def run_sweep(cfg: TuneConfig) -> SweepResult:
     client.log_metric(parent, "sweep/wall_s", wall)
     client.set_terminated(parent)
     return SweepResult(parent, rows, [rows[i]["trial_id"] for i in front], best, test_report, decision, wall)
+
+
+def close_unreported_runs(client: MlflowClient, parent: str) -> list[str]:
+    """Mark FAILED the sweep's child runs still RUNNING: trials that died before their first report, so
+    their run id never reached Tune. Returns their ids."""
+    experiment = client.get_run(parent).info.experiment_id
+    orphans = client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
+    )
+    for run in orphans:
+        client.set_terminated(run.info.run_id, "FAILED")
+    return [run.info.run_id for run in orphans]
 
 
 def _log_summary(uri: str, parent: str, cfg: TuneConfig, rows: list[dict], front: list[str], best) -> None:
