@@ -185,8 +185,7 @@ class ReducedShape:
             return partial(jacobian, self.position_fn(tensors))
 
         def linearized(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            with sdpa_kernel(SDPBackend.MATH):
-                return linearize(tensors.mu_cond + q @ tensors.basis, tensors.basis, tensors.context)
+            return linearize(tensors.mu_cond + q @ tensors.basis, tensors.basis, tensors.context)
 
         return linearized
 
