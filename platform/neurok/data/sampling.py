@@ -113,12 +113,27 @@ def sample_surfaces(vertices, faces, uniform):
     bary = np.empty((n_meshes, n, 3), np.float32)
     cdf = np.empty(len(faces))
     for k in range(n_meshes):
-        _scaled_area_cdf(vertices[k], faces, cdf)
-        guide = _guide_table(cdf)
+        guide = _face_sampler(vertices[k], faces, cdf)
         for i in range(n):
-            face[k, i] = _search(cdf, guide, uniform[k, 0, i] * len(faces))
-            bary[k, i, 0], bary[k, i, 1], bary[k, i, 2] = _barycentric(uniform[k, 1, i], uniform[k, 2, i])
+            face[k, i], bary[k, i, 0], bary[k, i, 1], bary[k, i, 2] = _surface_point(
+                cdf, guide, uniform[k, :, i]
+            )
     return face, bary
+
+
+@numba.njit(cache=True, nogil=True)
+def _face_sampler(vertices, faces, cdf):
+    """Fill cdf (F,) for a mesh's faces (see _scaled_area_cdf) and return its guide table."""
+    _scaled_area_cdf(vertices, faces, cdf)
+    return _guide_table(cdf)
+
+
+@numba.njit(cache=True, nogil=True)
+def _surface_point(cdf, guide, draws):
+    """A surface point from its three draws: its face (by draws[0], inverse-CDF on the areas) and float32
+    barycentric weights (by draws[1:])."""
+    wa, wb, wc = _barycentric(draws[1], draws[2])
+    return _search(cdf, guide, draws[0] * len(cdf)), wa, wb, wc
 
 
 @numba.njit(cache=True, nogil=True)
@@ -199,12 +214,10 @@ def carry_surface_points(rest, target, faces, uniform, out):
     displacements to the target meshes (K, V, 3) of the same faces."""
     cdf = np.empty(len(faces))
     for k in range(len(rest)):
-        _scaled_area_cdf(rest[k], faces, cdf)
-        guide = _guide_table(cdf)
+        guide = _face_sampler(rest[k], faces, cdf)
         for i in range(uniform.shape[2]):
-            f = _search(cdf, guide, uniform[k, 0, i] * len(faces))
+            f, wa, wb, wc = _surface_point(cdf, guide, uniform[k, :, i])
             a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
-            wa, wb, wc = _barycentric(uniform[k, 1, i], uniform[k, 2, i])
             for j in range(3):
                 p = rest[k, a, j] * wa + rest[k, b, j] * wb + rest[k, c, j] * wc
                 out[k, 0, i, j] = p
