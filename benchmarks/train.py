@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import ROOT, write_results
 from neurok.data.loader import LOADER_ARRAYS, FramePairStream, collate, make_loader
-from neurok.data.store import SHARD_ARRAYS, Store, shard_name
+from neurok.data.store import Store, shard_name
 from neurok.model import NeuROK, cvae_loss
 from neurok.train.config import load_train_config
 
@@ -42,10 +42,19 @@ class RandomAccessPairs(Dataset):
         store = self.stream.store
         s = self.sequences[i // self.stream.cfg.pairs_per_sequence]
         shard = shard_name(int(store.column("shard")[s]))
-        arrays = {key: store.root[f"{shard}/{key}"] for key in SHARD_ARRAYS}  # zarr: slicing reads
+        n_frames, n_vertices, n_faces, *first = (
+            int(store.column(key)[s])
+            for key in ("n_frames", "n_vertices", "n_faces", "vertex_offset", "face_offset")
+        )
+        end = first[0] + n_frames * n_vertices, first[1] + n_faces
+        # partial reads: this sequence's rows only
+        arrays = {
+            key: store.root[f"{shard}/{key}"][a:b]
+            for key, a, b in zip(LOADER_ARRAYS, first, end, strict=True)
+        }
         rng = np.random.default_rng(i)
-        pair = rng.choice(int(store.column("n_frames")[s]), 2, replace=False)
-        return self.stream.make_samples(s, arrays, pair[None], rng)[0]
+        pair = rng.choice(n_frames, 2, replace=False)
+        return self.stream.make_samples(np.array([s]), arrays, pair[None], rng, tuple(first))[0]
 
 
 def read_seconds(store: Store, sequences: list[int], repeats: int = 3) -> float:

@@ -11,7 +11,13 @@ import torch
 import trimesh
 
 from neurok.data import sampling
-from neurok.data.loader import AugmentConfig, FramePairDataModule, LoaderConfig, make_loader
+from neurok.data.loader import (
+    AugmentConfig,
+    FramePairDataModule,
+    LoaderConfig,
+    _check_shared_memory,
+    make_loader,
+)
 from neurok.data.store import Store
 from neurok.errors import BadInputError
 from test_loader_stores import write_store
@@ -67,6 +73,14 @@ def test_equal_batches_on_every_rank_with_uneven_shards(store):
 def test_too_few_shards_is_an_error_at_start(store):
     with pytest.raises(BadInputError, match="fewer than ranks x workers"):
         make_loader(config(store, num_workers=2), rank=0, world=4)  # 6 train shards < 4 x 2
+
+
+def test_prefetch_and_shared_memory_limits_are_clear_errors(store):
+    with pytest.raises(BadInputError, match="data.prefetch=0"):
+        make_loader(config(store, prefetch=0))
+    if os.path.isdir("/dev/shm"):  # a ring /dev/shm cannot hold would crash the worker with SIGBUS
+        with pytest.raises(BadInputError, match=r"need 953674316 MiB of shared memory \(18 batches"):
+            _check_shared_memory(10**15, 18)
 
 
 def test_order_is_a_pure_function_of_seed_epoch_and_rank(store):

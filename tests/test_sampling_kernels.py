@@ -37,41 +37,67 @@ def test_surface_sampling_of_a_mesh_without_area_is_uniform_over_faces():
     np.testing.assert_allclose(np.bincount(face, minlength=4) / 8000, 0.25, atol=0.02)
 
 
-def test_carrying_points_and_vertices_matches_numpy():
+def shard(rng: np.random.Generator):
+    """Two sequences stacked as in a loader shard: 4 frames of 12 vertices / 20 faces, 3 of 9 / 14."""
+    first, second = mesh(rng, 4, 12, 20), mesh(rng, 3, 9, 14)
+    frames = [first[0] + np.float32(0.1) * np.arange(4, dtype=np.float32)[:, None, None], second[0]]
+    vertices = np.concatenate([f.reshape(-1, 3) for f in frames])
+    faces = np.concatenate([first[1], second[1]])
+    rows = np.array([[0, 12, 0, 20], [48, 9, 20, 14]])  # first vertex row, V, first face row, F
+    return frames, (first[1], second[1]), vertices, faces, rows
+
+
+def test_pair_samples_match_numpy_on_a_shard_of_two_sequences():
     rng = np.random.default_rng(1)
-    rest, faces = mesh(rng)
-    target = rest + rng.standard_normal(rest.shape).astype(np.float32)
-    uniform = sampling.surface_draws(rng, 3, 50)
-    face, bary = sampling.sample_surfaces(rest, faces, uniform)
-    corners = faces[face]  # (K, n, 3)
-    on = [np.einsum("kni,knic->knc", bary, m[np.arange(3)[:, None, None], corners]) for m in (rest, target)]
-    carried = np.empty((3, 2, 50, 3), np.float32)
-    sampling.carry_surface_points(rest, target, faces, uniform, carried)
-    np.testing.assert_allclose(carried[:, 0], on[0], atol=1e-5)
-    np.testing.assert_allclose(carried[:, 1], on[1] - on[0], atol=1e-5)
-    np.testing.assert_allclose(sampling.interpolate(rest, faces, face, bary), on[0], atol=1e-5)
-    index, rows = rng.integers(0, 12, (3, 7)), np.arange(3)[:, None]
-    sampling.carry_vertices(rest, target, index, carried[:, :, :7])
-    np.testing.assert_array_equal(carried[:, 0, :7], rest[rows, index])
-    np.testing.assert_allclose(carried[:, 1, :7], target[rows, index] - rest[rows, index])
+    frames, mesh_faces, vertices, faces, rows = shard(rng)
+    which, pairs = np.array([0, 1, 0]), np.array([[0, 3], [2, 1], [3, 1]])
+    center, scale = rng.standard_normal((3, 3)).astype(np.float32), np.float32([1.7, 0.6, 2.0])
+    linear = sampling.rotation_about_up(np.array([0.4, 2.0, -1.0])) * np.float32(1.1)
+    n, m = 50, 7
+    uniform = sampling.surface_draws(rng, 3, n)
+    out = np.full((3, 6 * (n + m) + 5), np.nan, np.float32)
+    sampling.pair_samples(
+        vertices, faces, rows[which], pairs, center, scale, linear, uniform, rng.random((3, m)), out
+    )
+    assert np.isnan(out[:, 6 * (n + m) :]).all()  # nothing beyond the geometry's blocks
+    for k, s in enumerate(which):
+        rest, target = sampling.normalise(frames[s][pairs[k]], center[k], scale[k]) @ linear[k].T
+        face, bary = sampling.sample_surfaces(rest[None], mesh_faces[s], uniform[k : k + 1])
+        on = [np.einsum("ni,nic->nc", bary[0], x[mesh_faces[s][face[0]]]) for x in (rest, target)]
+        surface = out[k, : 6 * n].reshape(2, n, 3)
+        np.testing.assert_allclose(surface[0], on[0], atol=1e-5)
+        np.testing.assert_allclose(surface[1], on[1] - on[0], atol=1e-5)
+        at_vertices = out[k, 6 * n : 6 * (n + m)].reshape(2, m, 3)
+        chosen = [int(np.argmin(np.linalg.norm(rest - p, axis=1))) for p in at_vertices[0]]
+        assert len(set(chosen)) == m  # distinct vertices
+        np.testing.assert_allclose(at_vertices[0], rest[chosen], atol=1e-6)
+        np.testing.assert_allclose(at_vertices[1], target[chosen] - rest[chosen], atol=1e-5)
 
 
-def test_normalised_pairs_matches_normalise_then_the_linear_map():
-    rng = np.random.default_rng(2)
-    frames = rng.standard_normal((5, 12, 3)).astype(np.float32)
-    pairs = np.array([[0, 3], [4, 1]])
-    center, scale = np.array([0.1, -0.2, 0.3], np.float32), np.float32(1.7)
-    linear = sampling.rotation_about_up(np.array([0.4, 2.0])) * np.float32(1.1)
-    both = sampling.normalised_pairs(frames, pairs, center, scale, linear)
-    expected = sampling.normalise(frames[pairs], center, scale) @ linear[:, None].swapaxes(-1, -2)
-    np.testing.assert_allclose(both, expected, atol=1e-5)
-
-
-def test_choose_is_distinct_per_row_and_uniform():
+def test_pair_samples_choose_vertices_uniformly_and_repeat_only_when_asked_for_more():
     rng = np.random.default_rng(3)
-    index = sampling.choose(10, rng.random((4000, 4)))
+    rest = np.arange(30, dtype=np.float32).reshape(10, 3)  # vertex v sits at x = 3 v
+    faces, rows, pairs = (
+        np.array([[0, 1, 2]]),
+        np.array([[0, 10, 0, 1]] * 4000),
+        np.zeros((4000, 2), np.int64),
+    )
+    identity = np.tile(np.eye(3, dtype=np.float32), (4000, 1, 1))
+
+    def chosen(m: int, k: int) -> np.ndarray:
+        out = np.empty((k, 6 * (1 + m)), np.float32)
+        args = (
+            np.zeros((k, 3), np.float32),
+            np.ones(k, np.float32),
+            identity[:k],
+            np.zeros((k, 3, 1), np.float32),
+        )
+        sampling.pair_samples(rest, faces, rows[:k], pairs[:k], *args, rng.random((k, m)), out)
+        return (out[:, 6 : 6 + 3 * m].reshape(k, m, 3)[..., 0] / 3).astype(int)
+
+    index = chosen(4, 4000)
     assert all(len(set(row)) == 4 for row in index.tolist())
     np.testing.assert_allclose(np.bincount(index.ravel(), minlength=10) / index.size, 0.1, atol=0.01)
     np.testing.assert_allclose(np.bincount(index[:, -1], minlength=10) / len(index), 0.1, atol=0.02)
-    repeats = sampling.choose(3, rng.random((5, 8)))  # more than there are: independent picks
-    assert repeats.shape == (5, 8) and repeats.min() >= 0 and repeats.max() <= 2
+    repeats = chosen(12, 5)  # more than there are: independent picks
+    assert repeats.shape == (5, 12) and repeats.min() >= 0 and repeats.max() <= 9

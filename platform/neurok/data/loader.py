@@ -26,6 +26,7 @@ import contextlib
 import logging
 import math
 import multiprocessing
+import os
 import random
 import secrets
 import time
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 
 _COL = {name: i for i, name in enumerate(INDEX_FIELDS)}
 LOADER_ARRAYS = ("vertices", "faces")  # a sample needs no vertex flags: they are not read
-RING_SLOTS = 4  # per worker: its DataLoader prefetch (2), the batch being copied out and the one being made
 
 
 @dataclass
@@ -70,6 +70,11 @@ class LoaderConfig:
     pairs_per_sequence: int = 8  # frame pairs drawn from a sequence each time its shard is read (ours)
     shuffle_buffer: int = 512
     num_workers: int = 2
+    # Batches a worker may have ready ahead of the consumer (the DataLoader's prefetch_factor). A worker's
+    # output is bursty (a shard read, then its samples), and batches are taken from the workers in turn:
+    # with a short prefetch the main process waits on one worker while the other idles. Each worker holds
+    # prefetch + 2 batches in shared memory (BatchRing).
+    prefetch: int = 16
     start_method: str = "forkserver"  # forkserver | spawn
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -150,19 +155,22 @@ class BatchRing:
     Pickling a batch (~0.5 MB) through the worker's result pipe costs more CPU than making it: several copies
     on each side and a context switch per 64 KiB. Instead the worker (`put`) stacks a batch's rows straight
     into the next slot and sends only a `RingSlot`; the main process (`RingReader.take`) copies the fields out
-    and frees the slot. A worker is at most its DataLoader prefetch ahead of the main process, so with more
-    slots than that `put` never waits. The worker creates its ring, named by the main process, on its first
-    batch; the main process unlinks it when the epoch ends.
+    and frees the slot. A worker is at most its DataLoader prefetch ahead of the main process, so with two
+    slots more than that (the batch being copied out, the one being made) `put` never waits. The worker
+    creates its ring, named by the main process, on its first batch; the main process unlinks it when the
+    epoch ends.
     """
 
-    def __init__(self, name: str, slots: int):
-        self.name, self.slots, self.produced = name, slots, 0
+    def __init__(self, name: str, slots: int, workers: int):
+        self.name, self.slots, self.workers, self.produced = name, slots, workers, 0
         self.shm: SharedMemory | None = None
 
     def put(self, samples: list[dict]) -> RingSlot:
         shape = (len(samples), samples[0]["floats"].size, samples[0]["ints"].size)
         if self.shm is None:
-            self.shm = SharedMemory(self.name, create=True, size=_ring_bytes(self.slots, shape))
+            size = _ring_bytes(self.slots, shape)
+            _check_shared_memory(size * self.workers, self.slots)
+            self.shm = SharedMemory(self.name, create=True, size=size)
         slot = self.produced % self.slots
         consumed, floats, ints = _ring_arrays(self.shm, self.slots, shape, slot)
         while self.produced - consumed[0] >= self.slots:  # the main process has not copied this slot out yet
@@ -197,6 +205,20 @@ class RingReader:
                 shm = self.rings.pop(name, None) or SharedMemory(name)
                 shm.close()
                 shm.unlink()
+
+
+def _check_shared_memory(needed: int, slots: int) -> None:
+    """Writing a ring beyond what /dev/shm holds kills the worker with SIGBUS: fail first, and say why."""
+    if not os.path.isdir("/dev/shm"):
+        return
+    stat = os.statvfs("/dev/shm")
+    free = stat.f_bavail * stat.f_frsize
+    if needed > free:
+        raise BadInputError(
+            f"loader: the workers' batch rings need {needed / 2**20:.0f} MiB of shared memory ({slots} "
+            f"batches each, data.prefetch + 2) and /dev/shm has {free / 2**20:.0f} MiB free: lower "
+            "data.prefetch, data.num_workers or data.batch_size, or give the container a larger /dev/shm"
+        )
 
 
 def ring_name(prefix: str, worker: int) -> str:
@@ -278,7 +300,8 @@ class FramePairStream(IterableDataset):
         """In a worker, batches go to the main process through a shared-memory ring (see BatchRing)."""
         if worker_info is None:
             return collate
-        return BatchRing(ring_name(self.ring_prefix, worker_info.id), RING_SLOTS).put
+        name = ring_name(self.ring_prefix, worker_info.id)
+        return BatchRing(name, self.cfg.prefetch + 2, worker_info.num_workers).put
 
     def _read_samples(self, src, rng: np.random.Generator):
         """Read each shard in one go; make `pairs_per_sequence` samples of each of its split's sequences."""
@@ -286,64 +309,76 @@ class FramePairStream(IterableDataset):
         split_code = SPLITS.index(self.split)
         for item in src:
             arrays = store.read_shard_arrays(item["shard"], LOADER_ARRAYS)
-            for s in store.sequences_in_shard(item["shard"]):
-                if store.index[s, _COL["split"]] == split_code:
-                    pairs = self.frame_pairs(int(store.index[s, _COL["n_frames"]]), rng)
-                    yield from self.make_samples(int(s), arrays, pairs, rng)
+            sequences = store.sequences_in_shard(item["shard"])
+            sequences = sequences[store.index[sequences, _COL["split"]] == split_code]
+            if len(sequences):
+                sequences = np.repeat(sequences, self.cfg.pairs_per_sequence)
+                pairs = self.frame_pairs(store.index[sequences, _COL["n_frames"]], rng)
+                yield from self.make_samples(sequences, arrays, pairs, rng)
 
-    def frame_pairs(self, n_frames: int, rng: np.random.Generator) -> np.ndarray:
-        """(pairs_per_sequence, 2) distinct (rest, target) frame indices of a sequence."""
-        n = self.cfg.pairs_per_sequence
+    def frame_pairs(self, n_frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(K, 2) distinct (rest, target) frame indices of K sequences with n_frames (K,) frames."""
         if not self.train:  # evaluation: the inference setting, a deformation away from frame 0
-            return np.stack([np.zeros(n, np.int64), rng.integers(1, n_frames, n)], axis=1)
-        rest = rng.integers(n_frames, size=n)
-        target = (rest + rng.integers(1, n_frames, n)) % n_frames  # uniform over the other frames
+            return np.stack([np.zeros_like(n_frames), rng.integers(1, n_frames)], axis=1)
+        rest = rng.integers(n_frames)
+        target = (rest + rng.integers(1, n_frames)) % n_frames  # uniform over the other frames
         pairs = np.stack([rest, target], axis=1)
         if not self.cfg.augment.frame_order:
             pairs.sort(axis=1)
         return pairs
 
     def make_samples(
-        self, sequence: int, arrays: dict, pairs: np.ndarray, rng: np.random.Generator
+        self,
+        sequences: np.ndarray,
+        arrays: dict[str, np.ndarray],
+        pairs: np.ndarray,
+        rng: np.random.Generator,
+        first_rows: tuple[int, int] = (0, 0),
     ) -> list[dict]:
-        """One packed sample per frame pair (K, 2) of `sequence`, whose shard's arrays (numpy or zarr) are
-        `arrays`.
+        """One packed sample per frame pair pairs[k] (K, 2) of sequences[k] (K,). arrays["vertices"] and
+        arrays["faces"] hold their shard's vertex and face rows from `first_rows` on (a partial read starts
+        there).
 
-        The K pairs are built together, one compiled kernel per step writing straight into the packed rows:
-        per-pair numpy calls on arrays this small cost more in call overhead and copies than in arithmetic.
+        All K pairs, of every sequence of a shard, are made by one compiled kernel writing straight into the
+        packed rows: per-sequence calls on arrays this small cost more in call overhead than in arithmetic.
         """
-        store, s, cfg, n = self.store, sequence, self.cfg, len(pairs)
-        row = store.index[s]
-        n_frames, n_vertices = int(row[_COL["n_frames"]]), int(row[_COL["n_vertices"]])
-        offset, face_offset = int(row[_COL["vertex_offset"]]), int(row[_COL["face_offset"]])
-        frames = arrays["vertices"][offset : offset + n_frames * n_vertices].reshape(n_frames, n_vertices, 3)
-        faces = arrays["faces"][face_offset : face_offset + int(row[_COL["n_faces"]])]
+        store, cfg, n = self.store, self.cfg, len(pairs)
+        index = store.index[sequences]
+        rows = index[:, [_COL["vertex_offset"], _COL["n_vertices"], _COL["face_offset"], _COL["n_faces"]]]
+        rows = (rows - [first_rows[0], 0, first_rows[1], 0]).astype(np.int64)
+        center, scale = store.norm_center[sequences], store.norm_scale[sequences]
         augmentation = self._augmentation(n, rng)
-        both = sampling.normalised_pairs(
-            frames, pairs, store.norm_center[s], store.norm_scale[s], augmentation
-        )
-        rest, target = both[:, 0], both[:, 1]  # (K, V, 3) each
-
         layout = self._layout(store.conditions.shape[1])
         floats, ints = (np.empty((n, _row_length(layout, kind)), kind) for kind in (np.float32, np.int64))
-        # The layout's first fields as (K, 2, n, 3) blocks: points, queries and their displacements, then the
-        # vertices and theirs. Area ratios survive the rotation and uniform scale: sampling the augmented rest
-        # frame is exact.
-        n_surface = cfg.points + cfg.queries
-        uniform = sampling.surface_draws(rng, n, n_surface)
-        sampling.carry_surface_points(
-            rest, target, faces, uniform, floats[:, : 6 * n_surface].reshape(n, 2, -1, 3)
+        # Area ratios survive the rotation and uniform scale: sampling the augmented rest frame is exact.
+        uniform = sampling.surface_draws(rng, n, cfg.points + cfg.queries)
+        sampling.pair_samples(
+            arrays["vertices"],
+            arrays["faces"],
+            rows,
+            pairs,
+            center,
+            scale,
+            augmentation,
+            uniform,
+            rng.random((n, cfg.vertices)),
+            floats,
         )
-        vertices = sampling.choose(n_vertices, rng.random((n, cfg.vertices)))
-        at_vertices = floats[:, 6 * n_surface : 6 * (n_surface + cfg.vertices)].reshape(n, 2, -1, 3)
-        sampling.carry_vertices(rest, target, vertices, at_vertices)
         fields = _fields(floats, ints, layout)
-        fields["conditions"][:] = store.conditions[s]
+        fields["conditions"][:] = store.conditions[sequences]
         if self.dual_quaternion:
-            fields["dual_quaternion"][:] = self._dual_quaternions(rest, target, faces, uniform)
+            for k, (first, n_vertices, first_face, n_faces) in enumerate(rows):
+                rest, target = (
+                    sampling.normalise(arrays["vertices"][at : at + n_vertices], center[k], scale[k])
+                    @ augmentation[k].T
+                    for at in first + pairs[k] * n_vertices
+                )
+                faces = arrays["faces"][first_face : first_face + n_faces]
+                fields["dual_quaternion"][k] = self._dual_quaternions(rest, target, faces, uniform[k])
         fields["frames"][:] = pairs
-        fields["category"][:], fields["object_type"][:] = row[_COL["category"]], row[_COL["object_type"]]
-        fields["sequence"][:] = s
+        fields["category"][:] = index[:, _COL["category"]]
+        fields["object_type"][:] = index[:, _COL["object_type"]]
+        fields["sequence"][:] = sequences
         return [{"floats": floats[k], "ints": ints[k], "layout": layout} for k in range(n)]
 
     def _layout(self, n_conditions: int) -> list[tuple[str, type, tuple[int, ...]]]:
@@ -359,13 +394,12 @@ class FramePairStream(IterableDataset):
         ]
 
     def _dual_quaternions(self, rest, target, faces, uniform) -> np.ndarray:
-        """(K, points, 8): per-vertex rigid motions rest -> target, blended at the input points."""
-        pairs = zip(rest, target, strict=True)
-        dq = np.stack([sampling.vertex_dual_quaternions(r, t, faces) for r, t in pairs])
-        face, bary = sampling.sample_surfaces(
-            rest, faces, np.ascontiguousarray(uniform[..., : self.cfg.points])
-        )
-        return sampling.blend_dual_quaternions(sampling.interpolate(dq, faces, face, bary))
+        """(points, 8): per-vertex rigid motions rest -> target (V, 3), blended at the input points (the
+        first `points` of the pair's surface draws (3, n), so the pair's own points)."""
+        dq = sampling.vertex_dual_quaternions(rest, target, faces)
+        draws = np.ascontiguousarray(uniform[None, :, : self.cfg.points])
+        face, bary = sampling.sample_surfaces(rest[None], faces, draws)
+        return sampling.blend_dual_quaternions(sampling.interpolate(dq, faces, face[0], bary[0]))
 
     def _augmentation(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """(n, 3, 3) per pair: a random rotation about up times a uniform scale, the same for both frames."""
@@ -415,6 +449,7 @@ class EpochLoader:
             num_workers=self.workers,
             multiprocessing_context=context,
             collate_fn=as_numpy,
+            prefetch_factor=self.stream.cfg.prefetch if self.workers else None,
             generator=torch.Generator().manual_seed(self.stream.cfg.seed),
         )
         self.stream.ring_prefix = f"neurok-{secrets.token_hex(6)}"
@@ -463,6 +498,8 @@ def make_loader(
     if len(sequences) == 0:
         raise BadInputError(f"{cfg.store}: no sequences in split '{split}'")
     shards = sorted({int(s) for s in store.column("shard")[sequences]})
+    if cfg.prefetch < 1:
+        raise BadInputError(f"data.prefetch={cfg.prefetch}: a worker needs room for at least one batch")
     workers = cfg.num_workers
     if len(shards) < world * max(workers, 1):
         if train or len(shards) < world:

@@ -116,7 +116,7 @@ def sample_surfaces(vertices, faces, uniform):
         guide = _face_sampler(vertices[k], faces, cdf)
         for i in range(n):
             face[k, i], bary[k, i, 0], bary[k, i, 1], bary[k, i, 2] = _surface_point(
-                cdf, guide, uniform[k, :, i]
+                cdf, guide, uniform[k, 0, i], uniform[k, 1, i], uniform[k, 2, i]
             )
     return face, bary
 
@@ -129,11 +129,11 @@ def _face_sampler(vertices, faces, cdf):
 
 
 @numba.njit(cache=True, nogil=True)
-def _surface_point(cdf, guide, draws):
-    """A surface point from its three draws: its face (by draws[0], inverse-CDF on the areas) and float32
-    barycentric weights (by draws[1:])."""
-    wa, wb, wc = _barycentric(draws[1], draws[2])
-    return _search(cdf, guide, draws[0] * len(cdf)), wa, wb, wc
+def _surface_point(cdf, guide, pick, r1, r2):
+    """A surface point from its three draws: its face (by `pick`, inverse-CDF on the areas) and float32
+    barycentric weights (by r1, r2)."""
+    wa, wb, wc = _barycentric(r1, r2)
+    return _search(cdf, guide, pick * len(cdf)), wa, wb, wc
 
 
 @numba.njit(cache=True, nogil=True)
@@ -207,67 +207,80 @@ def _interpolate(values, faces, face, bary):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def carry_surface_points(rest, target, faces, uniform, out):
-    """Points uniform over the area of each rest mesh (K, V, 3), drawn from `uniform` (K, 3, n) as
-    `sample_surfaces` places them, written to out (K, 2, n, 3): their positions on rest, and their
-    displacements to the target meshes (K, V, 3) of the same faces."""
-    cdf = np.empty(len(faces))
-    for k in range(len(rest)):
-        guide = _face_sampler(rest[k], faces, cdf)
-        for i in range(uniform.shape[2]):
-            f, wa, wb, wc = _surface_point(cdf, guide, uniform[k, :, i])
-            a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
-            for j in range(3):
-                p = rest[k, a, j] * wa + rest[k, b, j] * wb + rest[k, c, j] * wc
-                out[k, 0, i, j] = p
-                out[k, 1, i, j] = target[k, a, j] * wa + target[k, b, j] * wb + target[k, c, j] * wc - p
+# Declared-safe float flags for the per-point loops: contraction and reassociation, never "no infinities"
+# (the cdf's last entry is infinite).
+_FAST = {"contract", "reassoc", "nsz", "arcp", "afn"}
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def pair_samples(vertices, faces, rows, pairs, center, scale, linear, uniform, vertex_uniform, out):
+    """The geometry of K training samples, each a frame pair of any sequence of a shard, into out (K, >= L).
+
+    vertices (N, 3), faces (M, 3): a shard's stacked rows; rows[k] = (first vertex row, V, first face row,
+    F) of pair k's sequence, whose frame t is vertices[first + t V : first + (t + 1) V]. Frames pairs[k] =
+    (rest, target) are normalised by center[k] (3,), scale[k] and mapped by linear[k] (3, 3) (augmentation).
+    Pair k's row gets, as float32 blocks:
+    - (2, n, 3): n = uniform.shape[2] points uniform over the rest mesh's area (`sample_surfaces`' draws
+      uniform[k] (3, n)), then their displacements to the same faces' points on the target;
+    - (2, m, 3): m = vertex_uniform.shape[1] vertices, distinct unless m > V (partial Fisher-Yates by
+      vertex_uniform[k]), then their displacements.
+    """
+    n, m = uniform.shape[2], vertex_uniform.shape[1]
+    most_v, most_f = rows[:, 1].max(), rows[:, 3].max()
+    rest, target = np.empty((most_v, 3), np.float32), np.empty((most_v, 3), np.float32)
+    cdf, order = np.empty(most_f), np.empty(most_v, np.int64)
+    for k in range(len(rows)):
+        first, n_vertices, first_face, n_faces = rows[k, 0], rows[k, 1], rows[k, 2], rows[k, 3]
+        mesh_faces = faces[first_face : first_face + n_faces]
+        rest_at, target_at = first + pairs[k, 0] * n_vertices, first + pairs[k, 1] * n_vertices
+        _normalised(vertices[rest_at : rest_at + n_vertices], center[k], scale[k], linear[k], rest)
+        _normalised(vertices[target_at : target_at + n_vertices], center[k], scale[k], linear[k], target)
+        surface = out[k, : 6 * n].reshape(2, n, 3)
+        _carry_surface(rest, target, mesh_faces, uniform[k], cdf[:n_faces], surface)
+        at_vertices = out[k, 6 * n : 6 * (n + m)].reshape(2, m, 3)
+        _carry_vertices(rest, target, n_vertices, vertex_uniform[k], order, at_vertices)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _normalised(frame, center, scale, linear, out):
+    """A frame (V, 3) normalised as `normalise` does, then mapped by linear (3, 3), into out[:V]."""
+    for v in range(len(frame)):
+        x = (frame[v, 0] - center[0]) / scale
+        y = (frame[v, 1] - center[1]) / scale
+        z = (frame[v, 2] - center[2]) / scale
+        for i in range(3):
+            out[v, i] = linear[i, 0] * x + linear[i, 1] * y + linear[i, 2] * z
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _carry_surface(rest, target, faces, draws, cdf, out):
+    """Points on rest by draws (3, n) as `sample_surfaces` places them, into out (2, n, 3): positions, then
+    displacements to the target's same faces."""
+    guide = _face_sampler(rest, faces, cdf)
+    for i in range(draws.shape[1]):
+        f, wa, wb, wc = _surface_point(cdf, guide, draws[0, i], draws[1, i], draws[2, i])
+        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
+        for j in range(3):
+            p = rest[a, j] * wa + rest[b, j] * wb + rest[c, j] * wc
+            out[0, i, j] = p
+            out[1, i, j] = target[a, j] * wa + target[b, j] * wb + target[c, j] * wc - p
 
 
 @numba.njit(cache=True, nogil=True)
-def carry_vertices(rest, target, index, out):
-    """Vertices index (K, m) of rest meshes (K, V, 3), written to out (K, 2, m, 3): their positions, and their
-    displacements to the target meshes (K, V, 3)."""
-    for k in range(len(index)):
-        for i in range(index.shape[1]):
-            for j in range(3):
-                out[k, 0, i, j] = rest[k, index[k, i], j]
-                out[k, 1, i, j] = target[k, index[k, i], j] - rest[k, index[k, i], j]
-
-
-@numba.njit(cache=True, nogil=True)
-def choose(n, uniform):
-    """(K, m) indices in [0, n) from uniform draws (K, m): distinct in each row (a partial Fisher-Yates
-    shuffle) unless m > n, then independent."""
-    n_rows, m = uniform.shape
-    index = np.empty((n_rows, m), np.int64)
-    order = np.empty(n, np.int64)
-    for k in range(n_rows):
-        if m > n:
-            for i in range(m):
-                index[k, i] = int(uniform[k, i] * n)
-            continue
-        order[:] = np.arange(n)
-        for i in range(m):  # swap a uniform pick among the n - i not yet chosen into place i
-            j = i + int(uniform[k, i] * (n - i))
+def _carry_vertices(rest, target, n_vertices, draws, order, out):
+    """m = len(draws) vertices of rest[:n_vertices], into out (2, m, 3): positions, then displacements.
+    Distinct (a partial Fisher-Yates shuffle of order[:n_vertices]) unless m > n_vertices, then independent
+    picks."""
+    m = len(draws)
+    if m <= n_vertices:
+        order[:n_vertices] = np.arange(n_vertices)
+    for i in range(m):
+        if m > n_vertices:
+            v = int(draws[i] * n_vertices)
+        else:  # swap a uniform pick among the n - i not yet chosen into place i
+            j = i + int(draws[i] * (n_vertices - i))
             order[i], order[j] = order[j], order[i]
-            index[k, i] = order[i]
-    return index
-
-
-@numba.njit(cache=True, nogil=True)
-def normalised_pairs(frames, pairs, center, scale, linear):
-    """(K, 2, V, 3) float32: the frames pairs[k] of frames (T, V, 3), normalised as `normalise` does and then
-    mapped by linear[k] (K, 3, 3)."""
-    n_vertices = frames.shape[1]
-    out = np.empty((len(pairs), 2, n_vertices, 3), np.float32)
-    for k in range(len(pairs)):
-        for e in range(2):
-            frame = frames[pairs[k, e]]
-            for v in range(n_vertices):
-                x = (frame[v, 0] - center[0]) / scale
-                y = (frame[v, 1] - center[1]) / scale
-                z = (frame[v, 2] - center[2]) / scale
-                for i in range(3):
-                    out[k, e, v, i] = linear[k, i, 0] * x + linear[k, i, 1] * y + linear[k, i, 2] * z
-    return out
+            v = order[i]
+        for c in range(3):
+            out[0, i, c] = rest[v, c]
+            out[1, i, c] = target[v, c] - rest[v, c]

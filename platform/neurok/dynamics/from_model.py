@@ -116,18 +116,20 @@ def latent_shape(
         raise BadInputError(
             f"latent_shape: rest vertices must be finite with shape (V, 3), got {rest_np.shape}"
         )
-    dtype = next(model.parameters()).dtype
-    vertices = torch.from_numpy(rest_np).to(dtype)
+    weight = next(model.parameters())  # the shape lives where the model does (a GPU model: on that GPU)
+    dtype, device = weight.dtype, weight.device
+    vertices = torch.from_numpy(rest_np).to(device, dtype)
     if len(rest_np) <= max_queries:
         queries = vertices
     else:
-        queries = torch.from_numpy(surface_points(rest_np, faces_np, max_queries, seed + 1)).to(dtype)
-    cloud = torch.from_numpy(surface_points(rest_np, faces_np, points, seed)).to(dtype)
+        queries = surface_points(rest_np, faces_np, max_queries, seed + 1)
+        queries = torch.from_numpy(queries).to(device, dtype)
+    cloud = torch.from_numpy(surface_points(rest_np, faces_np, points, seed)).to(device, dtype)
     with torch.no_grad():
         tokens, mu_cond = model.encode_shape(cloud[None])
         features = QueryFeatures(*(f[0] for f in model.decoder.features(queries[None])))
     context = ModelContext(
         tokens[0], queries, features, nearest_queries(vertices, queries, model.cfg.k_drive), vertices
     )
-    masses = torch.full((len(rest_np),), total_mass / len(rest_np), dtype=dtype)
+    masses = torch.full((len(rest_np),), total_mass / len(rest_np), dtype=dtype, device=device)
     return LatentShape(model_decoder(model), context, mu_cond[0].flatten(), masses, vertices)
