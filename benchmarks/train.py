@@ -57,9 +57,9 @@ class RandomAccessPairs(Dataset):
         return self.stream.make_samples(np.array([s]), arrays, pair[None], rng, tuple(first))[0]
 
 
-def read_seconds(store: Store, sequences: list[int], repeats: int = 3) -> float:
+def read_seconds(store: Store, sequences: list[int], repeats: int = 10) -> float:
     """Fastest of `repeats` passes reading + decompressing the shards that hold `sequences` (the arrays
-    the loader reads).
+    the loader reads). A pass takes ~0.1 s, so a few passes would leave the limit to scheduling noise.
 
     The pipeline measured is the train split's: a pass yields pairs_per_sequence samples of each train
     sequence, however many val/test sequences share its shards, so the limit counts those samples only.
