@@ -3,9 +3,9 @@
 What one (rank, DataLoader worker) runs each epoch::
 
     shard list (permuted by seed, epoch) -> split_by_node -> split_by_worker -> cycle
-      -> read shard (one large read per array) -> per sequence: frame pairs -> samples (surface points
-         carried to the target frame, normalised, augmented; all pairs of a sequence at once, by compiled
-         kernels writing each sample's fields into one float32 and one int64 row)
+      -> read shard (one large read per array) -> frame pairs of its split's sequences -> samples (surface
+         points carried to the target frame, normalised, augmented; every pair of the shard at once, by one
+         compiled kernel writing each sample's fields into one float32 and one int64 row)
       -> shuffle buffer -> skip (resume) -> batch (stacked into a shared-memory slot: `BatchRing`)
 
 - Equal batches on every rank by construction: every (rank, worker) stream cycles through its own shards
