@@ -89,7 +89,8 @@ def registry(tmp_path_factory):
 
 
 def test_predict_any_vertex_count(registry):
-    model = mlflow.pyfunc.load_model("models:/neurok@champion")
+    (registry["tmp"] / "champion").mkdir()
+    model = mlflow.pyfunc.load_model("models:/neurok@champion", dst_path=str(registry["tmp"] / "champion"))
     for subdivisions in (1, 2):  # 42 and 162 vertices
         inputs = mesh_input(subdivisions)
         out = model.predict(inputs, params={"frames": 3, "integrator": "rk4"})
@@ -139,13 +140,15 @@ def test_pull_loads_in_a_fresh_process(registry, capsys):
         "x = {'vertices': np.asarray(mesh.vertices, float), 'faces': np.asarray(mesh.faces, np.int64),\n"
         "     'gravity': np.array([0, -0.1, 0.]), 'initial_velocity': np.zeros(3),\n"
         "     'pokes': np.zeros((0, 8)), 'drags': np.zeros((0, 8))}\n"
-        "for uri in (sys.argv[1], 'models:/neurok@champion'):\n"
-        "    out = mlflow.pyfunc.load_model(uri).predict(x, params={'frames': 2})\n"
+        "for uri in (sys.argv[1], 'models:/neurok@champion'):\n"  # downloads into the test's folder
+        "    out = mlflow.pyfunc.load_model(uri, dst_path=sys.argv[2]).predict(x, params={'frames': 2})\n"
         "    print(json.dumps(list(out['vertices'].shape)))\n"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"]}
+    loaded = registry["tmp"] / "loaded"
+    loaded.mkdir()
     done = subprocess.run(
-        [sys.executable, "-c", code, str(model_dir)],
+        [sys.executable, "-c", code, str(model_dir), str(loaded)],
         capture_output=True,
         text=True,
         cwd=registry["tmp"],
