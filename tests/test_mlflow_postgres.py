@@ -109,7 +109,9 @@ def test_track_register_and_pull_through_postgres(server, tmp_path, monkeypatch)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
     stored = list(server["artifacts"].rglob("report.txt"))
     assert len(stored) == 1 and stored[0].read_text() == report.read_text()
-    back = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="eval/report.txt")
+    back = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="eval/report.txt", dst_path=str(tmp_path / "back")
+    )
     assert Path(back).read_text() == report.read_text()
 
     client = MlflowClient()
@@ -120,7 +122,8 @@ def test_track_register_and_pull_through_postgres(server, tmp_path, monkeypatch)
     version = info.registered_model_version
     client.set_registered_model_alias(name, "champion", version)
     assert client.get_model_version_by_alias(name, "champion").version == str(version)
-    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    (tmp_path / "champion").mkdir()
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion", dst_path=str(tmp_path / "champion"))
     out = model.predict(pd.DataFrame({"x": [1.0, 2.0]}))
     assert list(out["x"]) == [3.0, 6.0]
 
