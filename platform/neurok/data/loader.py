@@ -367,14 +367,10 @@ class FramePairStream(IterableDataset):
         fields = _fields(floats, ints, layout)
         fields["conditions"][:] = store.conditions[sequences]
         if self.dual_quaternion:
-            for k, (first, n_vertices, first_face, n_faces) in enumerate(rows):
-                rest, target = (
-                    sampling.normalise(arrays["vertices"][at : at + n_vertices], center[k], scale[k])
-                    @ augmentation[k].T
-                    for at in first + pairs[k] * n_vertices
+            for k, row in enumerate(rows):
+                fields["dual_quaternion"][k] = self._dual_quaternions(
+                    arrays, row, pairs[k], center[k], scale[k], augmentation[k], uniform[k]
                 )
-                faces = arrays["faces"][first_face : first_face + n_faces]
-                fields["dual_quaternion"][k] = self._dual_quaternions(rest, target, faces, uniform[k])
         fields["frames"][:] = pairs
         fields["category"][:] = index[:, _COL["category"]]
         fields["object_type"][:] = index[:, _COL["object_type"]]
@@ -393,9 +389,16 @@ class FramePairStream(IterableDataset):
             (k, np.int64, shape) for k, shape in ints.items()
         ]
 
-    def _dual_quaternions(self, rest, target, faces, uniform) -> np.ndarray:
-        """(points, 8): per-vertex rigid motions rest -> target (V, 3), blended at the input points (the
-        first `points` of the pair's surface draws (3, n), so the pair's own points)."""
+    def _dual_quaternions(self, arrays, row, pair, center, scale, linear, uniform) -> np.ndarray:
+        """(points, 8): per-vertex rigid motions from the pair's rest to its target frame, normalised and
+        mapped as `sampling.pair_samples` does for the pair's `row`, blended at the input points (the first
+        `points` of the pair's surface draws (3, n), so the pair's own points)."""
+        first, n_vertices, first_face, n_faces = row
+        rest, target = (
+            sampling.normalise(arrays["vertices"][at : at + n_vertices], center, scale) @ linear.T
+            for at in first + pair * n_vertices
+        )
+        faces = arrays["faces"][first_face : first_face + n_faces]
         dq = sampling.vertex_dual_quaternions(rest, target, faces)
         draws = np.ascontiguousarray(uniform[None, :, : self.cfg.points])
         face, bary = sampling.sample_surfaces(rest[None], faces, draws)
