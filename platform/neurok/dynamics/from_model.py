@@ -6,7 +6,11 @@ and each vertex follows the mean deformation of its K nearest queries (model.dri
 nearest-query indices depend on M0 only, so they are computed once here and the decoder stays a pure
 function of z that torch.func can differentiate:
 
-    x(z) = rest + mean_{j in nearest(v)} D(z, shape tokens, queries)_j
+    x(z) = origin + mean_{j in nearest(v)} D(z, shape tokens, queries)_j,   origin = M0 - x_D(mu_cond)
+
+The origin removes what the decoder makes of M0 at the prior mean (its error: a trained model is off by
+a few percent of the size, an untrained one by anything), so the rest state z = mu_cond is the user's
+mesh exactly and every simulated motion starts from it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ class ModelContext(NamedTuple):
     queries: torch.Tensor  # (Q, 3) where the decoder is evaluated
     features: QueryFeatures  # the decoder's z-independent work at the queries, without a batch axis
     nearest: torch.Tensor  # (V, K) int64: the queries each vertex follows
-    rest: torch.Tensor  # (V, 3) M0's vertices
+    origin: torch.Tensor  # (V, 3) M0's vertices minus their decoded deformation at mu_cond
 
 
 class ModelDecoder:
@@ -48,7 +52,7 @@ class ModelDecoder:
         deformation = self.model.decoder.decode(
             z.reshape(1, self.tokens, self.token_dim), context.shape_tokens[None], features
         )[0]
-        return context.rest + follow_nearest(deformation, context.nearest)
+        return context.origin + follow_nearest(deformation, context.nearest)
 
     def linearize(
         self, z: torch.Tensor, directions: torch.Tensor, context: ModelContext
@@ -59,7 +63,7 @@ class ModelDecoder:
             self.model.decoder, stacked, context.shape_tokens, context.features
         )
         driven = follow_nearest(deformation.transpose(0, 1), context.nearest)  # (V, 1 + k_q, 3)
-        return context.rest + driven[:, 0], driven[:, 1:].transpose(1, 2)
+        return context.origin + driven[:, 0], driven[:, 1:].transpose(1, 2)
 
 
 def follow_nearest(per_query: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
@@ -127,9 +131,10 @@ def latent_shape(
     cloud = torch.from_numpy(surface_points(rest_np, faces_np, points, seed)).to(device, dtype)
     with torch.no_grad():
         tokens, mu_cond = model.encode_shape(cloud[None])
-        features = QueryFeatures(*(f[0] for f in model.decoder.features(queries[None])))
-    context = ModelContext(
-        tokens[0], queries, features, nearest_queries(vertices, queries, model.cfg.k_drive), vertices
-    )
+        batched = model.decoder.features(queries[None])
+        nearest = nearest_queries(vertices, queries, model.cfg.k_drive)
+        origin = vertices - follow_nearest(model.decoder.decode(mu_cond, tokens, batched)[0], nearest)
+    features = QueryFeatures(*(f[0] for f in batched))
+    context = ModelContext(tokens[0], queries, features, nearest, origin)
     masses = torch.full((len(rest_np),), total_mass / len(rest_np), dtype=dtype, device=device)
     return LatentShape(model_decoder(model), context, mu_cond[0].flatten(), masses, vertices)
