@@ -35,11 +35,13 @@ class ChamferKind(StrEnum):
 class ReductionConfig:
     """Active subspace of the latent (paper s5.4)."""
 
-    samples: int = 512  # z ~ N(mu_cond, I) draws for the gradient covariance
+    samples: int = 512  # z ~ N(mu_cond, I) draws for the gradient covariance and the retained share
+    retain: float = 0.9  # k_q: the fewest directions keeping this share of the latent's decoded variation
     max_dims: int = 16  # cap on k_q
     min_dims: int = 1
-    dims: int | None = None  # fix k_q instead of choosing it at the largest eigenvalue gap
-    min_inertia: float = 1e-2  # drop directions whose metric eigenvalue is below this share of the largest
+    dims: int | None = None  # fix k_q instead of choosing it by the retained share
+    min_inertia: float = 1e-2  # skip a direction that would leave a metric eigenvalue below this share of
+    #                            the largest (a mode too fast to simulate); 0 keeps every direction
     seed: int = 0
     chunk_size: int | None = 64  # decoder evaluations per vectorised batch (bounds memory)
 
