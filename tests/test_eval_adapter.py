@@ -3,7 +3,7 @@ simulate and viewer tests."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +25,23 @@ torch.set_num_threads(1)
 TINY = ModelConfig(width=32, heads=2, tokens=4, latent_dim=4, encoder_depth=1, decoder_depth=1, frequencies=4)
 
 
-def tiny_model(seed: int = 0) -> NeuROK:
+OUTPUTS = ("displacement", "dual_quaternion")
+
+
+def tiny_model(seed: int = 0, decoder_output: str = "displacement") -> NeuROK:
     """An untrained tiny CVAE whose decoder moves the shape (its last layer starts at zero otherwise)."""
     torch.manual_seed(seed)
-    model = NeuROK(TINY)
+    model = NeuROK(replace(TINY, decoder_output=decoder_output))
     torch.nn.init.normal_(model.decoder.head[-1].weight, std=0.5)
     return model.eval().requires_grad_(False)
 
 
-def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+def tiny_checkpoint(path: Path, seed: int = 0, decoder_output: str = "displacement") -> Path:
     """A checkpoint laid out as NeurokModule writes it (hyper-parameters as plain dicts, `model.` weights)."""
-    model = tiny_model(seed)
+    model = tiny_model(seed, decoder_output)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save(
-        {"hyper_parameters": {"model": asdict(TINY), "optim": {}, "max_steps": 1}, "state_dict": state}, path
-    )
+    hyper = {"model": asdict(model.cfg), "optim": {}, "max_steps": 1}
+    torch.save({"hyper_parameters": hyper, "state_dict": state}, path)
     return path
 
 
@@ -48,19 +50,21 @@ def sphere(subdivisions: int = 2) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces)
 
 
+@pytest.mark.parametrize("decoder_output", OUTPUTS)
 @pytest.mark.parametrize("max_queries", [1000, 60])  # the vertices themselves, or fewer surface queries
-def test_adapter_decodes_as_the_model_drives_vertices(max_queries):
-    model = tiny_model()
+def test_adapter_decodes_as_the_model_drives_vertices(max_queries, decoder_output):
+    model = tiny_model(decoder_output=decoder_output)
     rest, faces = sphere()
     shape = latent_shape(model, rest, faces, points=128, max_queries=max_queries)
     z = shape.mu_cond + 0.5 * torch.randn(shape.latent_dims)
-    queries = shape.context.queries[None]
+    queries = shape.context.features.points[None]
     vertices = torch.from_numpy(rest)[None]
 
     def driven(z: torch.Tensor) -> torch.Tensor:
         tokens = shape.context.shape_tokens[None]
-        deformation = model.decode(z.view(1, TINY.tokens, TINY.latent_dim), tokens, queries)
-        return drive_vertices(vertices, queries, deformation, TINY.k_drive)[0]
+        features = model.decoder.features(queries)
+        motion = model.decoder.motion(z.view(1, TINY.tokens, TINY.latent_dim), tokens, features)
+        return drive_vertices(vertices, queries, motion, TINY.k_drive)[0]
 
     # the deformation is measured from what the decoder makes of M0 at the prior mean, so the rest state
     # is the input mesh exactly (issue 15: start where the user's mesh is)
@@ -82,11 +86,13 @@ def test_adapter_is_differentiable_forward_mode_and_stackable():
     torch.testing.assert_close(stacked[1].decode(b.mu_cond), b.decode(b.mu_cond))
 
 
+@pytest.mark.parametrize("decoder_output", OUTPUTS)
 @pytest.mark.parametrize("max_queries", [1000, 60])
-def test_linearized_adapter_matches_jacfwd(max_queries):
-    """The dynamics' Jacobian (the adapter's hand-written forward mode) equals jacfwd of its decode, for
-    one object and for a stack of two under the System's vmap."""
-    model = tiny_model()
+def test_linearized_adapter_matches_jacfwd(max_queries, decoder_output):
+    """The dynamics' Jacobian (the adapter's hand-written forward mode, then for the dual-quaternion head
+    a JVP of the blending) equals jacfwd of its decode, for one object and for a stack of two under the
+    System's vmap."""
+    model = tiny_model(decoder_output=decoder_output)
     rest, faces = sphere(1)
     shapes = [latent_shape(model, r, faces, points=64, max_queries=max_queries) for r in (rest, rest * 0.8)]
     basis = torch.linalg.qr(
@@ -111,11 +117,14 @@ def test_linearized_adapter_matches_jacfwd(max_queries):
     )
 
 
-def test_checkpoint_loads_into_an_eval_model(tmp_path):
-    path = tiny_checkpoint(tmp_path / "m.ckpt")
+@pytest.mark.parametrize("decoder_output", OUTPUTS)
+def test_checkpoint_loads_into_an_eval_model(tmp_path, decoder_output):
+    path = tiny_checkpoint(tmp_path / "m.ckpt", decoder_output=decoder_output)
     model = load_model(path)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
-    for x, y in zip(model.state_dict().values(), tiny_model().state_dict().values(), strict=True):
+    assert model.cfg.decoder_output == decoder_output
+    expected = tiny_model(decoder_output=decoder_output).state_dict().values()
+    for x, y in zip(model.state_dict().values(), expected, strict=True):
         torch.testing.assert_close(x, y)
     with pytest.raises(BadInputError, match="not found"):
         load_model(tmp_path / "missing.ckpt")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.func import jacfwd, jvp
@@ -67,11 +69,13 @@ def test_decode_is_pure_and_differentiable_forward_mode():
     torch.testing.assert_close((jac.flatten(3) @ v[:1].flatten()).squeeze(), tangent[0].squeeze())
 
 
-def test_hand_written_forward_mode_matches_jacfwd():
-    """decode_with_tangents (value and k directional derivatives in one pass) against torch.func.jacfwd,
-    in float64, on a decoder with every weight random (two layers, so tangents cross a layer)."""
+@pytest.mark.parametrize("decoder_output", ["displacement", "dual_quaternion"])
+def test_hand_written_forward_mode_matches_jacfwd(decoder_output):
+    """decode_with_tangents (the head's output and k directional derivatives in one pass) against
+    torch.func.jacfwd, in float64, on a decoder with every weight random (two layers, so tangents cross a
+    layer)."""
     torch.manual_seed(1)
-    model = NeuROK(ModelConfig(**{**TINY.__dict__, "decoder_depth": 2})).double()
+    model = NeuROK(replace(TINY, decoder_depth=2, decoder_output=decoder_output)).double()
     with torch.no_grad():
         for p in model.decoder.parameters():
             p.normal_(0.0, 0.3)
@@ -82,14 +86,15 @@ def test_hand_written_forward_mode_matches_jacfwd():
 
     def decode(q: torch.Tensor) -> torch.Tensor:
         latent = (z + q @ directions).view(1, TINY.tokens, TINY.latent_dim)
-        return model.decode(latent, tokens[None], queries[None])[0]
+        return model.decoder.head_output(latent, tokens[None], model.decoder.features(queries[None]))[0]
 
     features = QueryFeatures(*(f[0] for f in model.decoder.features(queries[None])))
     stacked = torch.cat([z[None], directions]).view(4, TINY.tokens, TINY.latent_dim)
     out = decode_with_tangents(model.decoder, stacked, tokens, features)
     q0 = torch.zeros(3, dtype=torch.float64)
     J = jacfwd(decode)(q0)  # (40, 3, 3)
-    assert out.shape == (4, 40, 3) and J.abs().max() > 1e-2
+    channels = 3 if decoder_output == "displacement" else 7
+    assert out.shape == (4, 40, channels) and J.abs().max() > 1e-2
     torch.testing.assert_close(out[0], decode(q0), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out[1:].permute(1, 2, 0), J, rtol=1e-10, atol=1e-12)
 
@@ -114,9 +119,18 @@ def test_chamfer_and_vertex_driving():
     torch.testing.assert_close(mean_of_all, deformation.mean(1, keepdim=True).expand(1, 5, 3))
 
 
-def test_overfits_one_batch():
+@pytest.mark.parametrize("decoder_output", ["displacement", "dual_quaternion"])
+def test_overfits_one_batch(decoder_output):
     torch.manual_seed(0)
-    cfg = ModelConfig(width=64, heads=4, tokens=16, latent_dim=8, encoder_depth=1, decoder_depth=1)
+    cfg = ModelConfig(
+        width=64,
+        heads=4,
+        tokens=16,
+        latent_dim=8,
+        encoder_depth=1,
+        decoder_depth=1,
+        decoder_output=decoder_output,
+    )
     model, batch = NeuROK(cfg), make_batch(b=4, p=128, q=128)
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []

@@ -2,11 +2,13 @@
 
 For one rest mesh M0 (vertices in the store's normalisation, the unit cube): E_cond reads surface points
 of M0 once and gives the shape tokens and mu_cond; the decoder is then evaluated at fixed query points,
-and each vertex follows the mean deformation of its K nearest queries (model.drive_vertices). The
-nearest-query indices depend on M0 only, so they are computed once here and the decoder stays a pure
-function of z that torch.func can differentiate:
+and each vertex follows the motion of its K nearest queries (model.drive_vertices: their mean
+displacement, or their blended dual quaternion applied to the vertex). The nearest-query indices depend
+on M0 only, so they are computed once here and the decoder stays a pure function of z that torch.func
+can differentiate:
 
-    x(z) = origin + mean_{j in nearest(v)} D(z, shape tokens, queries)_j,   origin = M0 - x_D(mu_cond)
+    x(z) = origin + x_D(z),   x_D(z) = the deformation of M0's vertices driven by D(z, shape tokens, queries)
+    origin = M0 - x_D(mu_cond)
 
 The origin removes what the decoder makes of M0 at the prior mean (its error: a trained model is off by
 a few percent of the size, an untrained one by anything), so the rest state z = mu_cond is the user's
@@ -25,17 +27,21 @@ from neurok.data import sampling
 from neurok.dynamics.shape import LatentShape
 from neurok.errors import BadInputError
 from neurok.model import NeuROK
-from neurok.model.cvae import QueryFeatures
-from neurok.model.forward_mode import decode_with_tangents
+from neurok.model.cvae import QueryFeatures, blend_nearest, moved_by, query_motion
+from neurok.model.forward_mode import (
+    decode_with_tangents,
+    driven_with_tangents,
+    dual_quaternions_with_tangents,
+)
 
 
 class ModelContext(NamedTuple):
     """What the decoder needs besides z, for one object (a pytree of tensors: stackable and vmap-able)."""
 
     shape_tokens: torch.Tensor  # (M, width) E_cond's tokens of M0
-    queries: torch.Tensor  # (Q, 3) where the decoder is evaluated
-    features: QueryFeatures  # the decoder's z-independent work at the queries, without a batch axis
+    features: QueryFeatures  # the query points and the decoder's z-independent work there, no batch axis
     nearest: torch.Tensor  # (V, K) int64: the queries each vertex follows
+    vertices: torch.Tensor  # (V, 3) M0's vertices, which a blended dual quaternion moves
     origin: torch.Tensor  # (V, 3) M0's vertices minus their decoded deformation at mu_cond
 
 
@@ -46,31 +52,41 @@ class ModelDecoder:
     def __init__(self, model: NeuROK):
         self.model = model
         self.tokens, self.token_dim = model.cfg.tokens, model.cfg.latent_dim
+        self.output = model.cfg.decoder_output
 
     def __call__(self, z: torch.Tensor, context: ModelContext) -> torch.Tensor:
         features = QueryFeatures(*(f[None] for f in context.features))
-        deformation = self.model.decoder.decode(
+        raw = self.model.decoder.head_output(
             z.reshape(1, self.tokens, self.token_dim), context.shape_tokens[None], features
         )[0]
-        return context.origin + follow_nearest(deformation, context.nearest)
+        return context.origin + self.driven(raw, context)
+
+    def driven(self, raw: torch.Tensor, context: ModelContext) -> torch.Tensor:
+        """The deformation (V, 3) of M0's vertices under the motion of their nearest queries, from the
+        decoder head's output at the queries (Q, C)."""
+        neighbours = nearest_rows(query_motion(raw, self.output), context.nearest)
+        return moved_by(blend_nearest(neighbours), context.vertices)
 
     def linearize(
         self, z: torch.Tensor, directions: torch.Tensor, context: ModelContext
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x (V, 3) and its derivatives along the rows of directions (k_q, k): (V, 3, k_q)."""
         stacked = torch.cat([z[None], directions]).reshape(-1, self.tokens, self.token_dim)
-        deformation = decode_with_tangents(
-            self.model.decoder, stacked, context.shape_tokens, context.features
-        )
-        driven = follow_nearest(deformation.transpose(0, 1), context.nearest)  # (V, 1 + k_q, 3)
-        return context.origin + driven[:, 0], driven[:, 1:].transpose(1, 2)
+        raw = decode_with_tangents(self.model.decoder, stacked, context.shape_tokens, context.features)
+        if self.output == "displacement":  # the mean is linear: value and tangents go through it alike
+            driven = nearest_rows(raw.transpose(0, 1), context.nearest).mean(dim=1)  # (V, 1 + k_q, 3)
+            return context.origin + driven[:, 0], driven[:, 1:].transpose(1, 2)
+        motion = dual_quaternions_with_tangents(raw)  # (1 + k_q, Q, 8)
+        neighbours = nearest_rows(motion.transpose(0, 1), context.nearest).movedim(2, 0)  # (1 + k_q, V, K, 8)
+        driven = driven_with_tangents(neighbours, context.vertices)
+        return context.origin + driven[0], driven[1:].permute(1, 2, 0)
 
 
-def follow_nearest(per_query: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
-    """(V, ...) the mean over each vertex's nearest queries (V, K) of per-query values (Q, ...). A gather
+def nearest_rows(per_query: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
+    """(V, K, ...) the rows of per-query values (Q, ...) at each vertex's nearest queries (V, K). A gather
     of whole rows: 4x faster than indexing a query axis that is not the first (10k vertices, K = 8)."""
     rows = per_query.index_select(0, nearest.flatten())
-    return rows.view(*nearest.shape, *per_query.shape[1:]).mean(dim=1)
+    return rows.view(*nearest.shape, *per_query.shape[1:])
 
 
 _decoders: weakref.WeakKeyDictionary[NeuROK, ModelDecoder] = weakref.WeakKeyDictionary()
@@ -129,12 +145,12 @@ def latent_shape(
         queries = surface_points(rest_np, faces_np, max_queries, seed + 1)
         queries = torch.from_numpy(queries).to(device, dtype)
     cloud = torch.from_numpy(surface_points(rest_np, faces_np, points, seed)).to(device, dtype)
+    decoder = model_decoder(model)
     with torch.no_grad():
         tokens, mu_cond = model.encode_shape(cloud[None])
-        batched = model.decoder.features(queries[None])
+        features = QueryFeatures(*(f[0] for f in model.decoder.features(queries[None])))
         nearest = nearest_queries(vertices, queries, model.cfg.k_drive)
-        origin = vertices - follow_nearest(model.decoder.decode(mu_cond, tokens, batched)[0], nearest)
-    features = QueryFeatures(*(f[0] for f in batched))
-    context = ModelContext(tokens[0], queries, features, nearest, origin)
+        unanchored = ModelContext(tokens[0], features, nearest, vertices, torch.zeros_like(vertices))
+        context = unanchored._replace(origin=vertices - decoder(mu_cond.flatten(), unanchored))
     masses = torch.full((len(rest_np),), total_mass / len(rest_np), dtype=dtype, device=device)
-    return LatentShape(model_decoder(model), context, mu_cond[0].flatten(), masses, vertices)
+    return LatentShape(decoder, context, mu_cond[0].flatten(), masses, vertices)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from neurok.errors import ConfigError
+
+DECODER_OUTPUTS = ("displacement", "dual_quaternion")
+
 
 @dataclass
 class ModelConfig:
@@ -15,8 +19,17 @@ class ModelConfig:
     decoder_depth: int = 8  # self-attention layers over [shape tokens, z tokens] before the query read
     frequencies: int = 8  # Fourier embedding: 2^i * pi, i < frequencies, per axis
     ff_mult: int = 4  # GEGLU hidden width = ff_mult * width
-    k_drive: int = 8  # mesh vertices follow the mean deformation of their K nearest query points
+    k_drive: int = 8  # mesh vertices follow their K nearest query points (mean, or DQ blending)
     kl_weight: float = 0.01  # lambda of the paper's loss
     field_points: int = 4096  # the reconstruction term is scaled as a sum over this many points (see losses)
     dual_quaternion: bool = False  # E_vae also reads per-point dual quaternions of the local motion
     fused_attention: bool = True  # encoders use fused SDPA; the decoder never does (torch.func, traps.md 1)
+    # D's output per query: a displacement (the "w/o dual quaternion" ablation, s7.3), or a rigid motion
+    # as a unit dual quaternion that moves the query, blended (DQB) at the mesh vertices (s9.2)
+    decoder_output: str = "displacement"
+
+    def __post_init__(self) -> None:
+        if self.decoder_output not in DECODER_OUTPUTS:
+            raise ConfigError(
+                f"model.decoder_output: '{self.decoder_output}' is not one of {', '.join(DECODER_OUTPUTS)}"
+            )

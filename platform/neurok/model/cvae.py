@@ -4,6 +4,10 @@
     E_vae(M0, deformation) -> mu, logvar                   posterior q(z | phi, M0)
     D(z, M0, queries)      -> per-query deformation        M0 enters as E_cond's shape tokens
 
+D's head gives each query a motion (model.decoder_output): a displacement, or a rigid motion as a unit
+dual quaternion that moves the query itself. Mesh vertices follow their K nearest queries: the mean
+displacement, or the blend of their dual quaternions (DQB) applied to the vertex.
+
 `decode` is a pure function of its inputs (no randomness, no in-place updates, explicit-softmax attention)
 so torch.func.jvp / jacfwd can differentiate it with respect to z.
 """
@@ -15,17 +19,21 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from neurok.model import dual_quaternion
 from neurok.model.config import ModelConfig
 from neurok.model.layers import Block, FourierEmbedding
 from neurok.model.perceiver import PerceiverEncoder
 
 DQ_FEATURES = 8
+DISPLACEMENT = 3
 
 
 class QueryFeatures(NamedTuple):
-    """The decoder's work at its query points that z does not change: their embedding and their projected
-    queries for the read. Computed once per object for the dynamics, which decode at fixed points."""
+    """The query points and the decoder's work at them that z does not change: their embedding and their
+    projected queries for the read. Computed once per object for the dynamics, which decode at fixed points.
+    """
 
+    points: torch.Tensor  # (B, Q, 3)
     embedded: torch.Tensor  # (B, Q, width)
     heads: torch.Tensor  # (B, heads, Q, width / heads)
 
@@ -35,6 +43,7 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.output = cfg.decoder_output
         self.lift = nn.Linear(cfg.latent_dim, cfg.width)  # project z tokens to the width (s9.2)
         self.layers = nn.ModuleList(
             Block(cfg.width, cfg.heads, cfg.ff_mult, fused=False) for _ in range(cfg.decoder_depth)
@@ -43,22 +52,36 @@ class Decoder(nn.Module):
         # The queries read the tokens with one cross-attention and no feed-forward, as 3DShape2VecSet's
         # decoder does: per-query compute is what a dense query set pays for. The MLP head is ours.
         self.read = Block(cfg.width, cfg.heads, 0, cross=True, fused=False)
+        channels = dual_quaternion.HEAD_CHANNELS if self.output == "dual_quaternion" else DISPLACEMENT
         self.head = nn.Sequential(
-            nn.LayerNorm(cfg.width), nn.Linear(cfg.width, cfg.width), nn.GELU(), nn.Linear(cfg.width, 3)
+            nn.LayerNorm(cfg.width),
+            nn.Linear(cfg.width, cfg.width),
+            nn.GELU(),
+            nn.Linear(cfg.width, channels),
         )
-        nn.init.zeros_(self.head[-1].weight)  # ours: start from "no deformation"
+        nn.init.zeros_(self.head[-1].weight)  # ours: start from "no deformation" (both heads: zero is that)
         nn.init.zeros_(self.head[-1].bias)
 
     def features(self, queries: torch.Tensor) -> QueryFeatures:
         embedded = self.query_embed(queries)
-        return QueryFeatures(embedded, self.read.queries(embedded))
+        return QueryFeatures(queries, embedded, self.read.queries(embedded))
 
-    def decode(self, z: torch.Tensor, shape_tokens: torch.Tensor, features: QueryFeatures) -> torch.Tensor:
-        """Per-query deformation (B, Q, 3) at the queries of `features`."""
+    def head_output(
+        self, z: torch.Tensor, shape_tokens: torch.Tensor, features: QueryFeatures
+    ) -> torch.Tensor:
+        """The head's numbers per query (B, Q, 3 or 7), before they are made a motion."""
         x = torch.cat([shape_tokens, self.lift(z)], dim=1)
         for layer in self.layers:
             x = layer(x)
         return self.head(self.read.read(features.embedded, features.heads, x))
+
+    def motion(self, z: torch.Tensor, shape_tokens: torch.Tensor, features: QueryFeatures) -> torch.Tensor:
+        """Per-query motion (B, Q, 3 or 8) at the queries of `features` (see query_motion)."""
+        return query_motion(self.head_output(z, shape_tokens, features), self.output)
+
+    def decode(self, z: torch.Tensor, shape_tokens: torch.Tensor, features: QueryFeatures) -> torch.Tensor:
+        """Per-query deformation (B, Q, 3) at the queries of `features`: where their motion takes them."""
+        return moved_by(self.motion(z, shape_tokens, features), features.points)
 
     def forward(self, z: torch.Tensor, shape_tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         return self.decode(z, shape_tokens, self.features(queries))
@@ -99,8 +122,10 @@ class NeuROK(nn.Module):
         dq = batch.get("dual_quaternion") if self.cfg.dual_quaternion else None
         mu, logvar = self.encode_deformation(batch["points"], batch["displacement"], dq)
         z = mu + (0.5 * logvar).exp() * torch.randn_like(mu) if sample else mu
+        motion = self.decoder.motion(z, shape_tokens, self.decoder.features(batch["queries"]))
         return {
-            "deformation": self.decode(z, shape_tokens, batch["queries"]),
+            "deformation": moved_by(motion, batch["queries"]),
+            "motion": motion,  # what the mesh vertices follow (drive_vertices)
             "mu": mu,
             "logvar": logvar,
             "mu_cond": mu_cond,
@@ -109,10 +134,28 @@ class NeuROK(nn.Module):
         }
 
 
+def query_motion(raw: torch.Tensor, output: str) -> torch.Tensor:
+    """The head's output -> each query's motion: its displacement (..., 3), or a unit dual quaternion
+    (..., 8) of a rigid motion (model.decoder_output)."""
+    return dual_quaternion.from_head(raw) if output == "dual_quaternion" else raw
+
+
+def moved_by(motion: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """The displacement (..., 3) of points (..., 3) under their motions (..., 3 or 8)."""
+    return motion if motion.shape[-1] == DISPLACEMENT else dual_quaternion.apply(motion, points) - points
+
+
+def blend_nearest(motions: torch.Tensor) -> torch.Tensor:
+    """One motion (..., C) from those of a vertex's nearest queries (..., K, C), uniformly weighted: the mean
+    displacement, or the dual-quaternion blend."""
+    return motions.mean(dim=-2) if motions.shape[-1] == DISPLACEMENT else dual_quaternion.blend(motions)
+
+
 def drive_vertices(
-    vertices: torch.Tensor, queries: torch.Tensor, deformation: torch.Tensor, k: int
+    vertices: torch.Tensor, queries: torch.Tensor, motion: torch.Tensor, k: int
 ) -> torch.Tensor:
-    """Deformation of mesh vertices (B, V, 3): the mean over their K nearest query points (uniform)."""
+    """Deformation of mesh vertices (B, V, 3) under the blended motion (B, Q, 3 or 8) of their K nearest
+    query points (B, Q, 3)."""
     k = min(k, queries.shape[1])
     nearest = (
         torch.cdist(vertices, queries, compute_mode="donot_use_mm_for_euclid_dist")
@@ -120,8 +163,8 @@ def drive_vertices(
         .indices
     )  # (B, V, K)
     picked = torch.gather(
-        deformation.unsqueeze(1).expand(-1, vertices.shape[1], -1, -1),
+        motion.unsqueeze(1).expand(-1, vertices.shape[1], -1, -1),
         2,
-        nearest.unsqueeze(-1).expand(-1, -1, -1, deformation.shape[-1]),
+        nearest.unsqueeze(-1).expand(-1, -1, -1, motion.shape[-1]),
     )
-    return picked.mean(dim=2)
+    return moved_by(blend_nearest(picked), vertices)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neurok.model import dual_quaternion
 from neurok.model.cvae import Decoder, QueryFeatures
 from neurok.model.layers import Block
 
@@ -92,7 +93,8 @@ def decode_with_tangents(
     decoder: Decoder, z: torch.Tensor, shape_tokens: torch.Tensor, features: QueryFeatures
 ) -> torch.Tensor:
     """One object: z and k directions stacked (1 + k, M, d), shape tokens (S, width), features of Q
-    queries without a batch axis -> (1 + k, Q, 3): the deformation and its derivative along each direction.
+    queries without a batch axis -> (1 + k, Q, C): the head's output (Decoder.head_output: the deformation
+    for the displacement head) and its derivative along each direction.
     """
     lifted = _linear(z, decoder.lift)
     constant = torch.cat([shape_tokens[None], shape_tokens.new_zeros(len(z) - 1, *shape_tokens.shape)])
@@ -105,3 +107,51 @@ def decode_with_tangents(
     y = torch.cat([y[:1] + features.embedded, y[1:]])
     norm, hidden, _, out = decoder.head
     return _linear(_gelu(_linear(_layer_norm(y, norm), hidden)), out)
+
+
+# The dual-quaternion head's construction (dual_quaternion.from_head) and its blending at the vertices
+# (blend, apply), with tangents: 12 ms for 2562 vertices and 8 directions, against 25 ms through
+# torch.func.vmap(jvp), beside ~160 ms for the `base` decoder's own tangents (one CPU thread).
+
+
+def _bilinear(product, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """product(a, b) with tangents, for a product linear in each argument."""
+    return torch.cat([product(a[:1], b[:1]), product(a[1:], b[:1]) + product(a[:1], b[1:])])
+
+
+def _over_norm(x: torch.Tensor, of: torch.Tensor) -> torch.Tensor:
+    """x / |of| (the norm over the last axis) with tangents."""
+    norm = of[:1].norm(dim=-1, keepdim=True)
+    value = x[:1] / norm
+    d_norm = (of[:1] * of[1:]).sum(dim=-1, keepdim=True) / norm
+    return torch.cat([value, (x[1:] - value * d_norm) / norm])
+
+
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.cross(a, b, dim=-1)
+
+
+def dual_quaternions_with_tangents(raw: torch.Tensor) -> torch.Tensor:
+    """dual_quaternion.from_head with tangents: the head's output (1 + k, Q, 7) -> (1 + k, Q, 8)."""
+    raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
+    offset, translation = raw.split([4, 3], dim=-1)
+    rotation = torch.cat([offset[:1] + raw.new_tensor(dual_quaternion.IDENTITY), offset[1:]])
+    rotation = _over_norm(rotation, rotation)
+    pure = torch.cat([torch.zeros_like(translation[..., :1]), translation], dim=-1)
+    return torch.cat([rotation, 0.5 * _bilinear(dual_quaternion.multiply, pure, rotation)], dim=-1)
+
+
+def driven_with_tangents(neighbours: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
+    """The displacement of vertices (V, 3) under the blend (dual_quaternion.blend, then apply) of their
+    nearest queries' dual quaternions (1 + k, V, K, 8), with tangents: (1 + k, V, 3)."""
+    first = neighbours[0, :, :1, :4]
+    opposite = (neighbours[0, ..., :4] * first).sum(dim=-1, keepdim=True) < 0  # the value's signs, for all
+    mean = torch.where(opposite, -neighbours, neighbours).mean(dim=2)
+    blended = _over_norm(mean, mean[..., :4])
+    real, dual = blended[..., :4], blended[..., 4:]
+    w, u = real[..., :1], real[..., 1:]
+    vertices = vertices.expand_as(u)
+    inner = _cross(u, vertices) + w * vertices  # linear in the real part: its tangents are rows like it
+    rotation = 2 * _bilinear(_cross, u, inner)  # R v - v, as R v = v + 2 u x (u x v + w v)
+    translation = 2 * _bilinear(dual_quaternion.multiply, dual, dual_quaternion.conjugate(real))[..., 1:]
+    return rotation + translation

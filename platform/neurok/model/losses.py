@@ -40,9 +40,10 @@ def chamfer(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 @torch.no_grad()
 def reconstruction_metrics(out: dict, batch: dict, k_drive: int) -> dict[str, torch.Tensor]:
-    """Chamfer L1/L2 of the deformed queries, and the error of vertices driven by their K nearest queries."""
+    """Chamfer L1/L2 of the deformed queries, and the error of vertices driven by their K nearest queries'
+    motion."""
     predicted = batch["queries"] + out["deformation"].float()
     l1, l2 = chamfer(predicted, batch["queries"] + batch["query_displacement"])
-    vertex_pred = drive_vertices(batch["vertices"], batch["queries"], out["deformation"].float(), k_drive)
+    vertex_pred = drive_vertices(batch["vertices"], batch["queries"], out["motion"].float(), k_drive)
     vertex_error = (vertex_pred - batch["vertex_displacement"]).norm(dim=-1).mean(dim=1)
     return {"chamfer_l1": l1.mean(), "chamfer_l2": l2.mean(), "vertex_error": vertex_error.mean()}
