@@ -47,12 +47,24 @@ def test_eval_writes_the_table_json_plots_and_a_rendered_rollout(tmp_path, capsy
         ("all", "all"),
     ]
     row = report["rows"][0]
-    for key in ("recon_chamfer_l1", "recon_fscore", "ik_neurok_chamfer_l1", "ik_pca_iou", "ik_nn_chamfer_l2"):
+    for key in (
+        "recon_chamfer_l1",
+        "recon_fscore",
+        "ik_neurok_q_chamfer_l1",
+        "ik_neurok_z_chamfer_l1",
+        "ik_pca_iou",
+        "ik_pca_k_chamfer_l1",
+        "ik_nn_chamfer_l2",
+    ):
         assert 0 <= row[key] < 10, key
+    assert row["k_q"] == 2 and 0 <= row["retained"] <= 1 + 1e-6
+    assert row["pca_k_dims"] > row["k_q"]  # as many as the latent has, or as the training bank allows
+    assert {"explained_own", "explained_shuffled", "active_dims", "jacobian_sv_1"} <= set(report["latent"])
     assert row["rollout_failed"] == 0 and row["energy_drift"] < 0.5
     assert report["speed"]["mujoco_frames_per_s"].startswith("n/a")  # a synthetic store has no recipe
     table = (out / "metrics.md").read_text()
-    assert "| elastic | heldout | 1 |" in table and "IK CD-L1 PCA" in table
+    assert "| elastic | heldout | 1 |" in table and "IK CD-L1 PCA k_q" in table and "IK CD-L1 PCA k " in table
+    assert "Latent diagnostics" in table
     assert (out / "horizon.png").stat().st_size > 0 and (out / "energy.png").stat().st_size > 0
     rendered = next((out / "rollouts").iterdir())
     assert {p.name for p in rendered.iterdir()} >= {"rollout.npz", "rollout.gif", "viewer.html", "frames"}

@@ -59,6 +59,13 @@ def test_train_cli_run_in_mlflow(tmp_path, monkeypatch, capsys):
     assert steps == [2, 4, 6, 8, 10, 12] or steps == [1, 3, 5, 7, 9, 11]
     for key in ("val/loss", "val/chamfer_l1", "val/chamfer_l2", "val/vertex_error", "val/kl"):
         assert len(client.get_metric_history(run.info.run_id, key)) == 2, key
+    for key in (
+        "latent/explained_own",
+        "latent/explained_shuffled",
+        "latent/active_dims",
+        "latent/jacobian_sv_1",
+    ):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 2, key  # at every validation
     assert any(k.startswith("system/cpu") for k in run.data.metrics)
     assert client.get_metric_history(run.info.run_id, "lr-AdamW/pg1")
 

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     print(files["table"].read_text())
     run_id = cfg.mlflow_run_id or _active_run_id()
     if run_id:
-        log_to_mlflow(run_id, table_rows(result.cases), result.speed, files)
+        log_to_mlflow(run_id, table_rows(result.cases), result.speed, files, result.latent)
         print(f"logged to MLflow run {run_id}")
     for kind, file in files.items():
         print(f"  {kind}: {file}")

@@ -5,8 +5,10 @@ Protocol (all in the store's normalisation; research/neurok-paper.md s7, s9.2 wh
   each case pairs the rest frame 0 with the frame deformed most (as the training plots do);
 - reconstruction: E_vae's posterior mean on surface points of the pair, decoded at every vertex;
 - inverse kinematics (Table 1): fit the target's surface samples from the rest mesh by Chamfer L1, in
-  NeuROK's reduced coordinates, in a PCA subspace of the same dimension and by nearest-neighbour
-  retrieval (eval.baselines); Chamfer L1/L2 on fixed surface samples and volumetric IoU;
+  NeuROK's reduced coordinates q and in its full latent z (both, whatever dynamics.ik.space says), in a
+  PCA subspace of k_q dimensions and in one of as many as the latent has (or as the training bank
+  allows), and by nearest-neighbour retrieval (eval.baselines); Chamfer L1/L2 on fixed surface samples
+  and volumetric IoU; k_q and the share of decoded variation the reduced space retains, per case;
 - simulation: the sequence's recorded conditions become initial states and forces (conditions_for), a
   latent rollout over its horizon is compared to the simulated truth frame by frame; energy drift with
   damping off;
@@ -37,12 +39,14 @@ from neurok.dynamics import (
     rollout,
     solve_initial_state,
 )
+from neurok.dynamics.config import Space
 from neurok.errors import BadInputError, NeurokError
 from neurok.eval import metrics
 from neurok.eval.baselines import DeformationBank, NearestBaseline, PCABaseline, grid_anchors
 from neurok.eval.config import EvalConfig
 from neurok.eval.rollout_files import MeshRollout, reduced_model_shape
 from neurok.model import NeuROK
+from neurok.model.diagnostics import latent_diagnostics
 from neurok.train.examples import ReconstructionExamples
 
 log = logging.getLogger(__name__)
@@ -129,6 +133,12 @@ def training_bank(store: Store, cfg: EvalConfig) -> DeformationBank:
     return DeformationBank.fit(examples, grid_anchors(cfg.anchors))
 
 
+def reduction_values(shape: ReducedShape) -> dict[str, float]:
+    """k_q and the share of the latent's decoded variation the reduced space retains (dynamics.reduction)."""
+    retained = getattr(shape, "retained", None)
+    return {"k_q": float(shape.dims), "retained": float("nan") if retained is None else float(retained)}
+
+
 def reconstruction(
     model: NeuROK, shape: ReducedShape, case: Case, sampler: metrics.SurfaceSampler, cfg: EvalConfig
 ) -> dict[str, float]:
@@ -152,18 +162,21 @@ def inverse_kinematics(
     shape: ReducedShape,
     case: Case,
     sampler: metrics.SurfaceSampler,
-    pca: PCABaseline,
+    pcas: dict[str, PCABaseline],
     nearest: NearestBaseline,
     ik: IKConfig,
     grid: int,
 ) -> dict[str, float]:
+    """IK fits of the case's target by NeuROK in q and in the full latent z, by each PCA baseline (named
+    by the key of `pcas`) and by nearest-neighbour retrieval: Chamfer L1/L2 and volumetric IoU each."""
     rest, target = case.frames[0], case.frames[case.target]
     points = sampler(target)
     fits = {
-        "neurok": fit(shape, points[None], ik).vertices[0].numpy(),
-        "pca": pca.fit(rest, sampler, points, ik.iterations),
-        "nn": nearest.fit(rest, sampler, points),
+        f"neurok_{space}": fit(shape, points[None], dataclasses.replace(ik, space=space)).vertices[0].numpy()
+        for space in Space
     }
+    fits |= {name: pca.fit(rest, sampler, points, ik.iterations) for name, pca in pcas.items()}
+    fits["nn"] = nearest.fit(rest, sampler, points)
     values = {}
     for method, vertices in fits.items():
         samples = sampler(vertices)
@@ -286,6 +299,17 @@ def mujoco_frames_per_s(store: Store, case: Case) -> float | None:
 class EvalResult:
     cases: list[CaseResult]
     speed: dict[str, float | str]
+    latent: dict[str, float] = field(default_factory=dict)  # model.diagnostics over the cases
+
+
+def latent_use(model: NeuROK, cases: list[Case]) -> dict[str, float]:
+    """The latent diagnostics with the cases as one batch: E_vae's points double as the queries, where
+    the case's own displacement is known."""
+    if not cases:
+        return {}
+    inputs = {k: torch.cat([c.inputs[k] for c in cases]) for k in cases[0].inputs}
+    batch = inputs | {"queries": inputs["points"], "query_displacement": inputs["displacement"]}
+    return latent_diagnostics(model, batch).scalars()
 
 
 def evaluate(model: NeuROK, store: Store, cfg: EvalConfig) -> EvalResult:
@@ -293,17 +317,19 @@ def evaluate(model: NeuROK, store: Store, cfg: EvalConfig) -> EvalResult:
     indices = select_cases(store, cfg)
     bank = training_bank(store, cfg)
     nearest = NearestBaseline(bank)
-    results, speed = [], {}
+    results, speed, cases = [], {}, []
     for n, s in enumerate(indices):
         case = load_case(store, s, cfg, model.cfg.dual_quaternion)
+        cases.append(case)
         log.info("eval %d/%d: %s (%s, %s)", n + 1, len(indices), case.name, case.object_type, case.split)
         shape, sim = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
         sampler = metrics.SurfaceSampler(case.frames[0], case.faces, cfg.surface_samples, cfg.seed)
         result = CaseResult(case.name, case.object_type, case.split)
-        result.values["k_q"] = float(shape.dims)
+        result.values |= reduction_values(shape)
         result.values |= reconstruction(model, shape, case, sampler, cfg)
-        pca = PCABaseline(bank, shape.dims)
-        result.values |= inverse_kinematics(shape, case, sampler, pca, nearest, cfg.dynamics.ik, cfg.grid)
+        pcas = {"pca": PCABaseline(bank, shape.dims), "pca_k": PCABaseline(bank, shape.latent.latent_dims)}
+        result.values["pca_k_dims"] = float(pcas["pca_k"].dims)
+        result.values |= inverse_kinematics(shape, case, sampler, pcas, nearest, cfg.dynamics.ik, cfg.grid)
         if sum(r.rollout is not None or "rollout_failed" in r.values for r in results) < cfg.rollouts:
             values, result.horizon, result.rollout = simulation(shape, sim, case, sampler, cfg)
             result.values |= values
@@ -323,4 +349,4 @@ def evaluate(model: NeuROK, store: Store, cfg: EvalConfig) -> EvalResult:
                 if mujoco is not None:
                     speed["speedup"] = values["latent_frames_per_s"] / mujoco
         results.append(result)
-    return EvalResult(results, speed)
+    return EvalResult(results, speed, latent_use(model, cases))

@@ -16,18 +16,26 @@ from neurok.eval.evaluate import CaseResult, EvalResult
 from neurok.eval.rollout_files import write_rollout
 
 COLUMNS = (  # (key, header) of the markdown table
+    ("k_q", "k_q"),
+    ("retained", "retained"),
     ("recon_chamfer_l1", "recon CD-L1"),
     ("recon_chamfer_l2", "recon CD-L2"),
     ("recon_fscore", "recon F"),
     ("recon_vertex_error", "vertex err"),
-    ("ik_neurok_chamfer_l1", "IK CD-L1 NeuROK"),
-    ("ik_pca_chamfer_l1", "IK CD-L1 PCA"),
+    ("ik_neurok_q_chamfer_l1", "IK CD-L1 NeuROK q"),
+    ("ik_neurok_z_chamfer_l1", "IK CD-L1 NeuROK z"),
+    ("ik_pca_chamfer_l1", "IK CD-L1 PCA k_q"),
+    ("ik_pca_k_chamfer_l1", "IK CD-L1 PCA k"),
     ("ik_nn_chamfer_l1", "IK CD-L1 NN"),
-    ("ik_neurok_chamfer_l2", "IK CD-L2 NeuROK"),
-    ("ik_pca_chamfer_l2", "IK CD-L2 PCA"),
+    ("ik_neurok_q_chamfer_l2", "IK CD-L2 NeuROK q"),
+    ("ik_neurok_z_chamfer_l2", "IK CD-L2 NeuROK z"),
+    ("ik_pca_chamfer_l2", "IK CD-L2 PCA k_q"),
+    ("ik_pca_k_chamfer_l2", "IK CD-L2 PCA k"),
     ("ik_nn_chamfer_l2", "IK CD-L2 NN"),
-    ("ik_neurok_iou", "IoU NeuROK"),
-    ("ik_pca_iou", "IoU PCA"),
+    ("ik_neurok_q_iou", "IoU NeuROK q"),
+    ("ik_neurok_z_iou", "IoU NeuROK z"),
+    ("ik_pca_iou", "IoU PCA k_q"),
+    ("ik_pca_k_iou", "IoU PCA k"),
     ("ik_nn_iou", "IoU NN"),
     ("rollout_chamfer_l1", "rollout CD-L1"),
     ("rollout_chamfer_l1_2s", "rollout CD-L1 @2s"),
@@ -53,7 +61,7 @@ def table_rows(cases: list[CaseResult]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], speed: dict, cfg: EvalConfig) -> str:
+def markdown(rows: list[dict], speed: dict, cfg: EvalConfig, latent: dict[str, float] | None = None) -> str:
     def cell(value) -> str:
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
@@ -64,12 +72,21 @@ def markdown(rows: list[dict], speed: dict, cfg: EvalConfig) -> str:
     for r in rows:
         cells = [cell(r.get(k)) for k, _ in COLUMNS]
         lines.append(f"| {r['object_type']} | {r['split']} | {r['n']} | " + " | ".join(cells) + " |")
+    overall = rows[-1]
     notes = [
         "",
         f"Store normalisation (rest shape in the unit cube); Chamfer on {cfg.surface_samples} surface "
         f"samples, F-score at {cfg.fscore_threshold}, IoU on a {cfg.grid}^3 grid; "
-        f"IK {cfg.dynamics.ik.iterations} iterations; energy drift with damping off.",
+        f"IK {cfg.dynamics.ik.iterations} iterations; energy drift with damping off. k_q: the reduced "
+        f"space's dimension, chosen to retain {cfg.dynamics.reduction.retain:g} of the latent's decoded "
+        f"variation (`retained`: what it keeps); PCA k_q has as many dimensions, PCA k as many as the latent "
+        f"z (capped by the training bank: {cell(overall.get('pca_k_dims'))} on average).",
     ]
+    if latent:
+        notes.append(
+            "Latent diagnostics (all cases as one batch; model.diagnostics): "
+            + ", ".join(f"{k} {v:.4g}" for k, v in latent.items())
+        )
     if speed:
         notes.append(
             "Speed (same sequence, same horizon, this process): "
@@ -108,12 +125,13 @@ def write_report(result: EvalResult, cfg: EvalConfig, store_path: str, model_pat
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(result.cases)
     files = {"table": out / "metrics.md", "json": out / "metrics.json"}
-    files["table"].write_text(markdown(rows, result.speed, cfg))
+    files["table"].write_text(markdown(rows, result.speed, cfg, result.latent))
     payload = {
         "model": model_path,
         "store": store_path,
         "rows": rows,
         "speed": result.speed,
+        "latent": result.latent,
         "cases": [
             {"case": c.case, "object_type": c.object_type, "split": c.split, **c.values} for c in result.cases
         ],
@@ -134,8 +152,11 @@ def write_report(result: EvalResult, cfg: EvalConfig, store_path: str, model_pat
     return files
 
 
-def log_to_mlflow(run_id: str, rows: list[dict], speed: dict, files: dict[str, Path]) -> None:
-    """Metrics eval/<type>/<split>/<name> and every output file as an artifact under eval/."""
+def log_to_mlflow(
+    run_id: str, rows: list[dict], speed: dict, files: dict[str, Path], latent: dict[str, float] | None = None
+) -> None:
+    """Metrics eval/<type>/<split>/<name>, eval/latent/<name>, and every output file as an artifact under
+    eval/."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
@@ -148,6 +169,7 @@ def log_to_mlflow(run_id: str, rows: list[dict], speed: dict, files: dict[str, P
         if isinstance(v, float) and math.isfinite(v)
     ]
     entries += [Metric(f"eval/speed/{k}", float(v), now, 0) for k, v in speed.items() if isinstance(v, float)]
+    entries += [Metric(f"eval/latent/{k}", v, now, 0) for k, v in (latent or {}).items() if math.isfinite(v)]
     for i in range(0, len(entries), 500):
         client.log_batch(run_id, metrics=entries[i : i + 500])
     for key, path in files.items():

@@ -1,5 +1,6 @@
-"""The LightningModule every launcher trains: the CVAE loss, validation metrics, AdamW with warmup + cosine,
-and the global RNG state in checkpoints (the posterior sample is the only random draw of a step)."""
+"""The LightningModule every launcher trains: the CVAE loss, validation metrics and latent diagnostics (on
+rank 0's first validation batch), AdamW with warmup + cosine, and the global RNG state in checkpoints (the
+posterior sample is the only random draw of a step)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import lightning.pytorch as pl
 import torch
 
 from neurok.model import ModelConfig, NeuROK, cvae_loss, reconstruction_metrics
+from neurok.model.diagnostics import latent_diagnostics
 from neurok.train.config import OptimConfig
 
 
@@ -49,6 +51,11 @@ class NeurokModule(pl.LightningModule):
         size = batch["points"].shape[0]
         self.log("val/loss", values.pop("loss"), prog_bar=True, sync_dist=True, batch_size=size)
         self.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True, batch_size=size)
+        if batch_idx == 0 and self.trainer.is_global_zero:  # the first batch is enough to see latent use
+            diagnostics = latent_diagnostics(self.model, batch, out).scalars()
+            self.log_dict(
+                {f"latent/{k}": v for k, v in diagnostics.items()}, rank_zero_only=True, batch_size=size
+            )
 
     def configure_optimizers(self):
         named = list(self.named_parameters())
