@@ -95,7 +95,7 @@ def test_generalized_force_is_JT_f_by_finite_differences_of_the_work():
     forcing = Forcing.build(25, [poke], wind=[0.0, 0.0, 3.0], drag=0.7, dtype=f64)
     physics = Physics(stiffness=0.0, damping=0.0, gravity=torch.zeros(3, dtype=f64), eps=1e-6)
     q, v = torch.tensor([0.2, -0.1, 0.3, 0.1], dtype=f64), torch.tensor([0.5, 0.1, -0.2, 0.3], dtype=f64)
-    Q = terms_from_jacobian(jacobian(position, q)[1], masses, physics, forcing, q, v, t=0.5).Q
+    Q = terms_from_jacobian(*jacobian(position, q), masses, physics, forcing, q, v, t=0.5).Q
 
     xdot = torch.einsum("vik,k->vi", jacobian(position, q)[1], v)
     f = vertex_forces(forcing, masses, 0.5, xdot)  # frozen at the state

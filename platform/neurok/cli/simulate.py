@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -26,6 +29,19 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--gravity", metavar="gx,gy,gz", help="m/s^2, y-up, e.g. 0,-9.81,0")
     parser.add_argument("--velocity", metavar="vx,vy,vz", help="initial velocity of the whole mesh, m/s")
+    parser.add_argument(
+        "--spin", metavar="wx,wy,wz", help="initial angular velocity about the centroid, rad/s"
+    )
+    parser.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="x,y,z",
+        help="hold the surface near a point (m); repeatable",
+    )
+    parser.add_argument(
+        "--ground", type=float, metavar="Y", help="a ground plane at height Y (m); none by default"
+    )
     parser.add_argument("--frames", type=int, default=None, help="output frames after the first")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
@@ -58,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint, package_settings = model_files(args.model, tmp)
         model = load_model(checkpoint)
         cfg = load_config(SimulateConfig, config_path(args.config or package_settings, "simulate"), overrides)
-    conditions = conditions_from_cli(args.poke, args.gravity, args.velocity)
+    conditions = conditions_from_cli(args.poke, args.gravity, args.velocity, args.spin, args.pin, args.ground)
     vertices, faces = load_mesh(args.mesh, cfg.max_vertices)
     torch.manual_seed(cfg.seed)
     result = simulate_mesh(
@@ -68,6 +84,23 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{len(result.time) - 1} frames of {len(vertices)} vertices, energy drift {result.energy_drift:.2e}"
     )
+    print("physics checks:")
+    for check in result.checks:
+        print(f"  {check.line()}")
+    for n, share in enumerate(result.absorbed):
+        print(
+            f"  poke {n + 1}: the coordinates take {share['all']:.0%} of it, "
+            f"the deformation {share['deformation']:.0%}"
+        )
+        if share["deformation"] < 0.1:
+            log.warning(
+                "poke %d: the reduced space takes only %.0f%% of it as deformation: it will move the object "
+                "more than dent it (raise dynamics.reduction.max_dims, or train on pokes like it)",
+                n + 1,
+                100 * share["deformation"],
+            )
+    for check in result.failed_checks:
+        log.warning("physics check failed: %s", check.line())
     for kind, file in files.items():
         print(f"  {kind}: {file}")
     return 0

@@ -2,12 +2,14 @@
 
 shape       LatentShape: what the dynamics need from a model (a pure decoder, mu_cond, masses)
 reduction   active subspace: reduced coordinates q, z(q) = mu_cond + A^T q
+rigid       FloatingShape: the reduced shape carried by six rigid coordinates (falls, throws, spins)
 mechanics   the Lagrangian terms: metric, Christoffel term, potential, generalized forces
 integrators variational Stormer-Verlet in vertex space (symplectic, default) and RK4
 simulator   batched rollouts with energy bookkeeping and blow-up guards
 forces      persistent external forces (point forces over a window, wind with drag)
 conditions  initial boundary conditions (pokes, drags, velocity fields) -> (q0, q0')
 ik          inverse kinematics and tracking of observed point clouds
+checks      physics checks of a finished rollout (start, free fall, momentum, energy, pokes, pins, ground)
 config      typed configs (DynamicsConfig: reduction, simulator, boundary, ik)
 toys        small decoders with known structure, for tests and benchmarks
 """
@@ -23,6 +25,7 @@ from neurok.dynamics.config import (
 from neurok.dynamics.forces import Forcing, PointForce
 from neurok.dynamics.ik import IKResult, fit, track
 from neurok.dynamics.reduction import active_subspace
+from neurok.dynamics.rigid import FloatingShape
 from neurok.dynamics.shape import LatentShape, ReducedShape
 from neurok.dynamics.simulator import Rollout, rollout
 
@@ -30,6 +33,7 @@ __all__ = [
     "BoundaryConditions",
     "BoundaryConfig",
     "DynamicsConfig",
+    "FloatingShape",
     "Forcing",
     "IKConfig",
     "IKResult",

@@ -1,7 +1,7 @@
 """Conditions as boundary conditions (research/neurok-paper.md s5.3): prescribed vertex positions and
 velocities at t = 0 become an initial state (q0, q0'), which the simulator then integrates.
 
-    min_q0  sum_v w_v |x_v(q0) - x*_v|^2 + lambda/2 |q0|^2           (Adam, from the rest state q0 = 0)
+    min_q0  sum_v w_v |x_v(q0) - x*_v|^2 + lambda/2 |q0 - s|^2       (Adam, from the rest state s)
     min_q0' sum_v u_v |J_v(q0) q0' - x'*_v|^2                         (exact: linear least squares)
 
 The velocity term is quadratic in q0', so it is solved exactly at the fitted q0 instead of by Adam:
@@ -20,6 +20,7 @@ from torch.func import vmap
 
 from neurok.dynamics.config import BoundaryConfig
 from neurok.dynamics.mechanics import solve_metric
+from neurok.dynamics.rigid import FloatingShape
 from neurok.dynamics.shape import ReducedShape
 
 
@@ -70,11 +71,12 @@ def region_near(positions: torch.Tensor, center: Sequence[float], radius: float)
 
 
 def solve_initial_state(
-    shape: ReducedShape, bc: BoundaryConditions, cfg: BoundaryConfig
+    shape: ReducedShape | FloatingShape, bc: BoundaryConditions, cfg: BoundaryConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(q0, q0') (B, k_q) matching batched boundary conditions; `shape` is one object or a stack of B."""
     batch, dtype, device = bc.position.shape[0], bc.position.dtype, bc.position.device
-    q = torch.zeros(batch, shape.dims, dtype=dtype, device=device)
+    start = shape.start(batch).to(device, dtype)
+    q = start.clone()
     if bc.position_weight.any():
         weight = bc.position_weight / bc.position_weight.sum(-1, keepdim=True).clamp_min(
             torch.finfo(dtype).tiny
@@ -83,7 +85,7 @@ def solve_initial_state(
         opt = torch.optim.Adam([q], lr=cfg.lr)
         for _ in range(cfg.iterations):
             misfit = (weight * (shape.positions(q) - bc.position).square().sum(-1)).sum(-1)
-            loss = misfit + 0.5 * cfg.prior_weight * q.square().sum(-1)
+            loss = misfit + 0.5 * cfg.prior_weight * (q - start).square().sum(-1)
             # Items are independent and Adam acts per coordinate, so one Adam on the sum is one per item;
             # autograd.grad (not backward) leaves the decoder's parameter gradients alone.
             (q.grad,) = torch.autograd.grad(loss.sum(), q)

@@ -1,6 +1,7 @@
-"""Persistent external forces on the decoded vertices: point forces over a time window, wind with drag.
+"""What acts on a rollout's vertices: point forces over a time window, wind with drag, and pins.
 
-They enter the equations of motion as generalized forces Q = J^T f (research/neurok-paper.md s5.3).
+Forces enter the equations of motion as generalized forces Q = J^T f (research/neurok-paper.md s5.3);
+pins hold vertices at their positions by a stiff spring of the potential (mechanics.vertex_potential).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class Forcing(NamedTuple):
     end: torch.Tensor  # (B, P) s
     wind: torch.Tensor  # (B, 3) m/s, the air velocity of a uniform wind
     drag: torch.Tensor  # (B,) 1/s: vertex v feels m_v drag (wind - x'_v), linear drag per unit mass
+    pin: torch.Tensor  # (B, V) 1 on pinned vertices, else 0
+    pin_position: torch.Tensor  # (B, V, 3) m, where each pinned vertex is held
 
     @classmethod
     def build(
@@ -43,8 +46,10 @@ class Forcing(NamedTuple):
         wind: Sequence[float] = (0.0, 0.0, 0.0),
         drag: float = 0.0,
         dtype: torch.dtype | None = None,
+        pin: torch.Tensor | None = None,
+        pin_position: torch.Tensor | None = None,
     ) -> Forcing:
-        """The forces of one rollout."""
+        """The forces of one rollout; `pin` (V,) marks vertices held at `pin_position` (V, 3)."""
         dtype = dtype or torch.get_default_dtype()
         weights = torch.zeros(len(point_forces), num_vertices, dtype=dtype)
         for row, p in zip(weights, point_forces, strict=True):
@@ -60,6 +65,8 @@ class Forcing(NamedTuple):
             torch.tensor([p.end for p in point_forces], dtype=dtype),
             torch.tensor(wind, dtype=dtype),
             torch.tensor(drag, dtype=dtype),
+            torch.zeros(num_vertices, dtype=dtype) if pin is None else pin.to(dtype),
+            torch.zeros(num_vertices, 3, dtype=dtype) if pin_position is None else pin_position.to(dtype),
         )
 
     @classmethod
@@ -79,8 +86,7 @@ class Forcing(NamedTuple):
             force,
             start,
             end,
-            torch.stack([f.wind for f in items]),
-            torch.stack([f.drag for f in items]),
+            *(torch.stack(ts) for ts in list(zip(*items, strict=True))[4:]),
         )
 
     def to(self, device: torch.device | str) -> Forcing:

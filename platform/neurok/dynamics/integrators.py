@@ -1,7 +1,7 @@
 """Time integrators of the latent equations of motion, for a batch of rollouts (see mechanics.System).
 
-Each has a state, `init` from (q, q') at t = 0, `step` over dt, and `observe` to read the vertices,
-q' and the metric back at a frame.
+Each has a state, `init` from (q, q') at a time t, `step` over dt, and `observe` to read the vertices,
+q', the metric and the Jacobian back at a frame.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from neurok.dynamics.mechanics import System, matvec
+from neurok.dynamics.mechanics import System, matvec, regularised
 
 
 class NotConverged(Exception):
@@ -61,9 +61,9 @@ class Variational:
     def __init__(self, max_iterations: int, tol: float):
         self.max_iterations, self.tol = max_iterations, tol
 
-    def init(self, system: System, q: torch.Tensor, v: torch.Tensor) -> VariationalState:
+    def init(self, system: System, q: torch.Tensor, v: torch.Tensor, t: float = 0.0) -> VariationalState:
         x, J = system.jacobian(q)
-        tm = system.terms_from_jacobian(J, q, v, 0.0)
+        tm = system.terms_from_jacobian(x, J, q, v, t)
         zero = q.new_zeros(q.shape[0])
         return VariationalState(q, x, J, tm.G, matvec(tm.G, v), tm.grad_V, tm.Q, zero, torch.zeros_like(q))
 
@@ -75,7 +75,7 @@ class Variational:
         small k_q). A point likely to be the answer (the first iterate, or one reached by a small step) is
         evaluated with its Jacobian, which the next step needs anyway, and accepted when the correction
         it asks for is within tolerance: a typical step costs one decode and one Jacobian."""
-        slope, J = state.G, None
+        slope, J = regularised(state.G, system.physics.eps), None
         x = system.position(q)
         residual = system.pullback(state.J, x - state.x) - target
         for i in range(self.max_iterations):
@@ -102,16 +102,16 @@ class Variational:
         q, x, J = self.solve(system, state, dt * b, linear + state.bend)  # the curvature changes little
         arriving = system.pullback(J, x - state.x) / dt
         G = system.metric(J)
-        tm = system.terms_from_jacobian(J, q, system.solve(G, arriving), t + dt)
+        tm = system.terms_from_jacobian(x, J, q, system.solve(G, arriving), t + dt)
         work = state.work + 0.5 * ((state.Q + tm.Q) * (q - state.q)).sum(-1)
         p = arriving + 0.5 * dt * (tm.Q - tm.grad_V)
         return VariationalState(q, x, J, G, p, tm.grad_V, tm.Q, work, q - linear)
 
     def observe(
         self, system: System, state: VariationalState
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Vertices, q' and G at the state."""
-        return state.x, system.solve(state.G, state.p), state.G
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Vertices, q', G and J at the state."""
+        return state.x, system.solve(state.G, state.p), state.G, state.J
 
 
 class RK4State(NamedTuple):
@@ -129,7 +129,7 @@ class RK4:
 
     State = RK4State
 
-    def init(self, system: System, q: torch.Tensor, v: torch.Tensor) -> RK4State:
+    def init(self, system: System, q: torch.Tensor, v: torch.Tensor, t: float = 0.0) -> RK4State:
         return RK4State(q, v, q.new_zeros(q.shape[0]))
 
     def step(self, system: System, state: RK4State, t: float, dt: float) -> RK4State:
@@ -148,6 +148,8 @@ class RK4:
         slope = RK4State(*((a + 2 * b + 2 * c + d) / 6 for a, b, c, d in zip(k1, k2, k3, k4, strict=True)))
         return advance(state, slope, dt)
 
-    def observe(self, system: System, state: RK4State) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def observe(
+        self, system: System, state: RK4State
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x, J = system.jacobian(state.q)
-        return x, state.v, system.metric(J)
+        return x, state.v, system.metric(J), J

@@ -1,11 +1,14 @@
 """The Lagrangian of a decoded object in reduced coordinates q (research/neurok-paper.md s5.1, s9.2).
 
-    x(q) = D(mu_cond + A^T q)               decoded vertices, (V, 3)
+    x(q) = D(mu_cond + A^T q)               decoded vertices, (V, 3) (or a floating frame's: rigid.py)
     T = 1/2 q'^T G q',  G = J^T M J         kinetic energy and metric, J = dx/dq, M = vertex masses
-    V = kappa/2 |q|^2 - sum_v m_v g . x_v   negative log prior (restoring) + gravity (y-up g)
+    V = kappa/2 |P q|^2 + sum_v U_v(x_v)    negative log prior (restoring) on the elastic coordinates P,
+        U_v = -m_v g . x_v                  gravity (y-up g),
+            + k_pin/2 m_v |x_v - p_v|^2     pins: a stiff, damped spring to where each vertex is held,
+            + k_g/2 m_v min(0, y_v - h)^2   a ground plane at height h (penalty contact)
     G q'' = Q - C - dV/dq                   Euler-Lagrange equations
     C = J^T M D^2x[q', q']                  Christoffel (Coriolis and centrifugal) term, = G' q' - dT/dq
-    Q = J^T f_ext - c G q'                  external generalized forces and Rayleigh damping
+    Q = J^T f - c P G P q'                  external forces, pin and contact damping, Rayleigh of P q
 
 The functions are for one object and one state; `System` vectorises them over a batch with vmap.
 J comes from k_q forward-mode derivatives (ReducedShape.jacobian_fn); C, which only RK4 needs, from one JVP
@@ -14,6 +17,7 @@ nested in a JVP.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -29,6 +33,14 @@ class Physics(NamedTuple):
     damping: float  # c, 1/s
     gravity: torch.Tensor  # (3,) m/s^2
     eps: float  # relative regulariser of the metric solve
+    elastic: torch.Tensor | float = (
+        1.0  # (k,) P: 1 where kappa and c act (a floating frame's q, not c, theta)
+    )
+    pin_stiffness: float = 0.0  # 1/s^2: the pins hold the object's whole mass at this omega^2
+    pin_damping: float = 0.0  # 1/s: and damp its velocity at the pins at this rate (critical: no overshoot)
+    ground: float = -math.inf  # height of a ground plane y = h, -inf for none
+    ground_stiffness: float = 0.0  # 1/s^2: k_g per unit mass of a vertex below the plane
+    ground_damping: float = 0.0  # 1/s: a vertex below the plane feels -m_v c_g x'_v (impact and friction)
 
 
 def curvature(position: Position, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -46,21 +58,67 @@ def metric(J: torch.Tensor, masses: torch.Tensor) -> torch.Tensor:
     return torch.einsum("vik,v,vil->kl", J, masses, J)
 
 
-def solve_metric(G: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
-    """(G + eps tr(G)/k_q I)^-1 b by Cholesky.
-
-    The relative ridge keeps the solve defined where the decoder barely moves along some q; the `tiny`
-    floor keeps it defined for G = 0 (nothing prescribed), where a zero right-hand side gives zero.
-    """
+def regularised(G: torch.Tensor, eps: float) -> torch.Tensor:
+    """G + eps tr(G)/k_q I: the relative ridge keeps solves defined where the decoder barely moves along
+    some q, or where two coordinates move the vertices alike (a latent direction that turns the object
+    as the rigid frame does); the `tiny` floor keeps them defined for G = 0 (nothing prescribed)."""
     k = G.shape[-1]
     ridge = eps * G.diagonal(dim1=-2, dim2=-1).sum(-1) / k + torch.finfo(G.dtype).tiny
-    eye = torch.eye(k, dtype=G.dtype, device=G.device)
-    L = torch.linalg.cholesky(G + ridge[..., None, None] * eye)
+    return G + ridge[..., None, None] * torch.eye(k, dtype=G.dtype, device=G.device)
+
+
+def solve_metric(G: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """regularised(G)^-1 b by Cholesky; a zero right-hand side gives zero."""
+    L = torch.linalg.cholesky(regularised(G, eps))
     return torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
 
 
-def potential(physics: Physics, masses: torch.Tensor, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * physics.stiffness * q.square().sum() - torch.einsum("v,vi,i->", masses, x, physics.gravity)
+def _pin_mass(forcing: Forcing, masses: torch.Tensor) -> torch.Tensor:
+    """(V,) the mass each pinned vertex holds: the whole object's, shared by mass, so the pins hold it at
+    omega^2 = pin_stiffness whatever share of the mass they are; 0 elsewhere."""
+    held = forcing.pin * masses
+    total = masses.sum()
+    return held * (total / held.sum().clamp_min(1e-12 * total))  # finite when nothing is pinned
+
+
+def _depth(physics: Physics, x: torch.Tensor) -> torch.Tensor:
+    """(V,) how far each vertex is below the ground plane, as a negative number (0 above it)."""
+    return (x[:, 1] - physics.ground).clamp_max(0)
+
+
+def vertex_potential(
+    physics: Physics, forcing: Forcing, masses: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_v U_v(x_v) and its gradient dU/dx (V, 3): gravity, pins, ground."""
+    pins = physics.pin_stiffness * _pin_mass(forcing, masses)
+    stretch = x - forcing.pin_position
+    ground = physics.ground_stiffness * masses * _depth(physics, x)
+    energy = (
+        -torch.einsum("v,vi,i->", masses, x, physics.gravity)
+        + 0.5 * (pins * stretch.square().sum(-1)).sum()
+        + 0.5 * (ground * _depth(physics, x)).sum()
+    )
+    zero = torch.zeros_like(ground)
+    up = torch.stack([zero, ground, zero], dim=-1)
+    return energy, -masses[:, None] * physics.gravity + pins[:, None] * stretch + up
+
+
+def potential(
+    physics: Physics, forcing: Forcing, masses: torch.Tensor, q: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    prior = 0.5 * physics.stiffness * (physics.elastic * q.square()).sum()
+    return prior + vertex_potential(physics, forcing, masses, x)[0]
+
+
+def stiffness_matrix(
+    physics: Physics, forcing: Forcing, masses: torch.Tensor, x: torch.Tensor, J: torch.Tensor
+) -> torch.Tensor:
+    """K (k, k): the potential's Hessian in q, Gauss-Newton for the vertex terms, with every vertex within
+    0.1 of the ground counted as touching it (a fall reaches it within a frame). For the step size."""
+    near = (x[:, 1] - physics.ground < 0.1).to(x.dtype)
+    springs = physics.pin_stiffness * _pin_mass(forcing, masses) + physics.ground_stiffness * masses * near
+    prior = physics.stiffness * torch.ones_like(J[0, 0]) * physics.elastic
+    return torch.diag(prior) + torch.einsum("vik,v,vil->kl", J, springs, J)
 
 
 class Terms(NamedTuple):
@@ -73,6 +131,7 @@ class Terms(NamedTuple):
 
 
 def terms_from_jacobian(
+    x: torch.Tensor,
     J: torch.Tensor,
     masses: torch.Tensor,
     physics: Physics,
@@ -81,11 +140,17 @@ def terms_from_jacobian(
     v: torch.Tensor,
     t: float,
 ) -> Terms:
-    """The terms at (q, v) given J there: einsums only, no decoder evaluation."""
+    """The terms at (q, v) given x and J there: einsums only, no decoder evaluation."""
     G = metric(J, masses)
-    grad_V = physics.stiffness * q - torch.einsum("vik,v,i->k", J, masses, physics.gravity)
-    f = vertex_forces(forcing, masses, t, torch.einsum("vik,k->vi", J, v))
-    Q = torch.einsum("vik,vi->k", J, f) - physics.damping * G @ v
+    elastic = physics.elastic * torch.ones_like(q)
+    grad_V = physics.stiffness * elastic * q + torch.einsum(
+        "vik,vi->k", J, vertex_potential(physics, forcing, masses, x)[1]
+    )
+    xdot = torch.einsum("vik,k->vi", J, v)
+    touching = (_depth(physics, x) < 0).to(x.dtype)
+    held = physics.ground_damping * masses * touching + physics.pin_damping * _pin_mass(forcing, masses)
+    f = vertex_forces(forcing, masses, t, xdot) - held[:, None] * xdot
+    Q = torch.einsum("vik,vi->k", J, f) - physics.damping * elastic * (G @ (elastic * v))
     return Terms(J, G, grad_V, Q)
 
 
@@ -116,9 +181,18 @@ class System:
         self._jacobian = self._batched(lambda q, s: shape.jacobian_fn(s)(q), 0)
         self._pullback = self._batched(lambda J, w, s: pullback(J, s.masses, w), 0, 0)
         self._metric = self._batched(lambda J, s: metric(J, s.masses), 0)
-        self._potential = self._batched(lambda q, x, s: potential(physics, s.masses, q, x), 0, 0)
+        self._potential = self._batched(lambda q, x, f, s: potential(physics, f, s.masses, q, x), 0, 0, 0)
         self._terms_from_jacobian = self._batched(
-            lambda J, q, v, t, f, s: terms_from_jacobian(J, s.masses, physics, f, q, v, t), 0, 0, 0, None, 0
+            lambda x, J, q, v, t, f, s: terms_from_jacobian(x, J, s.masses, physics, f, q, v, t),
+            0,
+            0,
+            0,
+            0,
+            None,
+            0,
+        )
+        self._stiffness = self._batched(
+            lambda x, J, f, s: stiffness_matrix(physics, f, s.masses, x, J), 0, 0, 0
         )
         self._coriolis = self._batched(lambda J, q, v, s: coriolis(position(s), s.masses, J, q, v), 0, 0, 0)
 
@@ -144,13 +218,18 @@ class System:
         return self._metric(J)
 
     def potential(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self._potential(q, x)
+        return self._potential(q, x, self.forcing)
+
+    def stiffness(self, x: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+        return self._stiffness(x, J, self.forcing)
 
     def terms(self, q: torch.Tensor, v: torch.Tensor, t: float) -> Terms:
-        return self.terms_from_jacobian(self.jacobian(q)[1], q, v, t)
+        return self.terms_from_jacobian(*self.jacobian(q), q, v, t)
 
-    def terms_from_jacobian(self, J: torch.Tensor, q: torch.Tensor, v: torch.Tensor, t: float) -> Terms:
-        return self._terms_from_jacobian(J, q, v, t, self.forcing)
+    def terms_from_jacobian(
+        self, x: torch.Tensor, J: torch.Tensor, q: torch.Tensor, v: torch.Tensor, t: float
+    ) -> Terms:
+        return self._terms_from_jacobian(x, J, q, v, t, self.forcing)
 
     def coriolis(self, J: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self._coriolis(J, q, v)

@@ -189,6 +189,19 @@ class ReducedShape:
 
         return linearized
 
+    @property
+    def elastic(self) -> torch.Tensor:
+        """(k_q,) 1 on every coordinate: the prior's restoring force and damping act on all of q."""
+        return torch.ones(self.dims, dtype=self.basis.dtype, device=self.basis.device)
+
+    def start(self, batch: int) -> torch.Tensor:
+        """(B, k_q) the rest state q = 0."""
+        return self.basis.new_zeros(batch, self.dims)
+
+    def rechart(self, q: torch.Tensor, v: torch.Tensor) -> None:
+        """q is one chart everywhere (FloatingShape's rotation needs two)."""
+        return None
+
     def latents(self, q: torch.Tensor) -> torch.Tensor:
         """z(q) for q (B, ..., k_q); a stack of objects pairs object b with q[b]."""
         if self.batch_size is None:

@@ -17,6 +17,7 @@ from neurok.dynamics.config import Integrator, SimulatorConfig
 from neurok.dynamics.forces import Forcing
 from neurok.dynamics.integrators import RK4, NotConverged, Variational
 from neurok.dynamics.mechanics import Physics, System, matvec
+from neurok.dynamics.rigid import FloatingShape
 from neurok.dynamics.shape import ReducedShape
 from neurok.errors import NeurokError
 
@@ -41,6 +42,7 @@ class Rollout:
     q: torch.Tensor  # (B, F + 1, k_q)
     qdot: torch.Tensor  # (B, F + 1, k_q)
     vertices: torch.Tensor  # (B, F + 1, V, 3)
+    velocities: torch.Tensor  # (B, F + 1, V, 3) of the vertices, J q'
     kinetic: torch.Tensor  # (B, F + 1) J
     potential: torch.Tensor  # (B, F + 1) J
     work: torch.Tensor  # (B, F + 1) J, done by external forces and damping since t = 0
@@ -59,6 +61,7 @@ class Frame(NamedTuple):
     q: torch.Tensor
     qdot: torch.Tensor
     vertices: torch.Tensor
+    velocities: torch.Tensor
     kinetic: torch.Tensor
     potential: torch.Tensor
     work: torch.Tensor
@@ -71,10 +74,15 @@ def _stop(step: int, t: float, what: str, items: torch.Tensor, dt: float) -> Neu
     )
 
 
-def fastest_mode(G: torch.Tensor, stiffness: float) -> float:
-    """rad/s: the highest frequency sqrt(kappa / g) of the prior's restoring potential over the metric's
-    eigenvalues g, for a batch of metrics (B, k_q, k_q). Gravity and forces do not enter: an estimate."""
-    return math.sqrt(stiffness / torch.linalg.eigvalsh(G).amin().clamp_min(torch.finfo(G.dtype).tiny).item())
+def fastest_mode(G: torch.Tensor, K: torch.Tensor) -> float:
+    """rad/s: the highest frequency of K phi = omega^2 G phi over a batch of metrics and stiffnesses
+    (B, k, k); inf where G is not positive definite. Gravity and forces do not enter: an estimate."""
+    L, info = torch.linalg.cholesky_ex(G)
+    if info.any():
+        return math.inf
+    half = torch.linalg.solve_triangular(L, K, upper=False)
+    reduced = torch.linalg.solve_triangular(L, half.mT, upper=False)  # L^-1 K L^-T
+    return math.sqrt(max(torch.linalg.eigvalsh(reduced).amax().item(), 0.0))
 
 
 MAX_REFINEMENT = 16  # steps per frame at most this many times cfg's: past it, the guards decide
@@ -87,7 +95,10 @@ def steps_per_frame(cfg: SimulatorConfig, omega: float) -> int:
     steps = cfg.steps_per_frame()
     if not cfg.max_omega_dt:
         return steps
-    return min(max(steps, math.ceil(omega / (cfg.fps * cfg.max_omega_dt))), MAX_REFINEMENT * steps)
+    most = MAX_REFINEMENT * steps
+    return (
+        most if math.isinf(omega) else min(max(steps, math.ceil(omega / (cfg.fps * cfg.max_omega_dt))), most)
+    )
 
 
 def _check_energy(frames: list[Frame], steps: int, t: float, cfg: SimulatorConfig) -> None:
@@ -134,48 +145,67 @@ def _frame(integrator, system: System, state, t0: float, steps: int, cfg: Simula
     return state
 
 
+def physics_of(shape: ReducedShape | FloatingShape, cfg: SimulatorConfig, dtype, device) -> Physics:
+    """The simulator config's physics for `shape`: spring constants from their frequencies."""
+    pin, ground = 2 * math.pi * cfg.pin_frequency, 2 * math.pi * cfg.ground_frequency  # rad/s
+    return Physics(
+        cfg.stiffness,
+        cfg.damping,
+        torch.tensor(cfg.gravity, dtype=dtype, device=device),
+        cfg.eps,
+        shape.elastic.to(dtype),
+        pin**2,
+        2 * cfg.pin_damping * pin,
+        -math.inf if cfg.ground is None else cfg.ground,
+        ground**2,
+        2 * cfg.ground_damping * ground,
+    )
+
+
 def rollout(
-    shape: ReducedShape,
+    shape: ReducedShape | FloatingShape,
     q0: torch.Tensor,
     qdot0: torch.Tensor,
     cfg: SimulatorConfig,
     forcing: Forcing | None = None,
 ) -> Rollout:
-    """Integrate from (q0, q0') (B, k_q) for cfg.frames output frames.
+    """Integrate from (q0, q0') (B, k) for cfg.frames output frames.
 
-    `shape` is one object shared by the batch, or a stack of B objects. `forcing` is batched (B, ...);
-    None means no external force. Each frame is integrated in equal steps, cfg.dt or finer: with
-    cfg.max_omega_dt set, fine enough for the fastest mode at the frame's start, and a frame whose step
-    fails is retried with twice the steps, up to MAX_REFINEMENT times cfg's. Raises NeurokError (step,
-    time, quantity) when the state stops being finite, the metric is not positive definite, the implicit
-    step does not converge, or energy is created beyond cfg.max_energy_error.
+    `shape` is one object shared by the batch, or a stack of B objects; a FloatingShape adds the rigid
+    frame (q0 then starts with its 6 coordinates). `forcing` is batched (B, ...); None means no external
+    force. Each frame is integrated in equal steps, cfg.dt or finer: with cfg.max_omega_dt set, fine
+    enough for the fastest mode at the frame's start, and a frame whose step fails is retried with twice
+    the steps, up to MAX_REFINEMENT times cfg's. Raises NeurokError (step, time, quantity) when the state
+    stops being finite, the metric is not positive definite, the implicit step does not converge, or
+    energy is created beyond cfg.max_energy_error.
     """
     batch, dtype, device = q0.shape[0], q0.dtype, q0.device
     if forcing is None:
         forcing = Forcing.stack([Forcing.build(shape.latent.num_vertices, dtype=dtype)] * batch)
-    gravity = torch.tensor(cfg.gravity, dtype=dtype, device=device)
-    system = System(shape, Physics(cfg.stiffness, cfg.damping, gravity, cfg.eps), forcing.to(device))
-    if cfg.integrator == Integrator.variational:
-        integrator = Variational(cfg.solver_iterations, cfg.solver_tol)
-    else:
-        integrator = RK4()
+    system = System(shape, physics_of(shape, cfg, dtype, device), forcing.to(device))
+    integrators = {
+        Integrator.variational: lambda: Variational(cfg.solver_iterations, cfg.solver_tol),
+        Integrator.rk4: RK4,
+    }
+    integrator = integrators[Integrator(cfg.integrator)]()
 
-    def observe(state) -> tuple[Frame, torch.Tensor]:
-        x, v, G = integrator.observe(system, state)
+    def observe(state) -> tuple[Frame, torch.Tensor, torch.Tensor]:
+        x, v, G, J = integrator.observe(system, state)
         kinetic = 0.5 * (v * matvec(G, v)).sum(-1)
-        return Frame(state.q, v, x, kinetic, system.potential(state.q, x), state.work), G
+        velocities = torch.einsum("bvik,bk->bvi", J, v)
+        return Frame(state.q, v, x, velocities, kinetic, system.potential(state.q, x), state.work), G, J
 
     most = MAX_REFINEMENT * cfg.steps_per_frame() if cfg.max_omega_dt else cfg.steps_per_frame()
     with torch.no_grad():
         state = integrator.init(system, q0, qdot0)
-        frame, G = observe(state)
+        frame, G, J = observe(state)
         frames, used = [frame], []
         for f in range(cfg.frames):
-            steps = steps_per_frame(cfg, fastest_mode(G, cfg.stiffness))
+            steps = steps_per_frame(cfg, fastest_mode(G, system.stiffness(frame.vertices, J)))
             while True:
                 try:
                     new = _frame(integrator, system, state, f / cfg.fps, steps, cfg)
-                    frame, new_G = observe(new)
+                    frame, new_G, new_J = observe(new)
                     _check_energy([*frames, frame], steps, (f + 1) / cfg.fps, cfg)
                     break
                 except _StepFailed as fail:
@@ -183,7 +213,11 @@ def rollout(
                         dt = 1 / (cfg.fps * steps)
                         raise _stop(sum(used) + fail.step, fail.t, fail.what, fail.items, dt) from None
                     steps *= 2
-            state, G = new, new_G
+            state, G, J = new, new_G, new_J
+            moved = shape.rechart(frame.q, frame.qdot)
+            if moved is not None:  # the same configuration in coordinates inside the regular chart
+                state = integrator.init(system, *moved, (f + 1) / cfg.fps)._replace(work=state.work)
+                frame, G, J = observe(state)
             used.append(steps)
             frames.append(frame)
     stacked = Frame(*(torch.stack(f, dim=1) for f in zip(*frames, strict=True)))

@@ -15,6 +15,8 @@ class ModelShapeConfig:
     max_queries: int = 512  # decoder queries: the vertices themselves up to this many (training: 512)
     frequency: float = 1.0  # Hz: sets the stiffness so the mean reduced mode oscillates at this rate; 0 keeps
     #                         dynamics.simulator.stiffness as it is
+    rigid: bool = True  # the deformation rides a rigid frame (dynamics.rigid): falls, throws and spins come
+    #                     from mechanics, not the decoder; false simulates in the reduced latent alone
 
 
 @dataclass

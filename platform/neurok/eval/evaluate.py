@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from neurok.data.schema import CONDITION_FIELDS, FLAG_DRAGGED, FLAG_POKED, OBJECT_TYPES, SPLITS
+from neurok.data.schema import CONDITION_FIELDS, FLAG_DRAGGED, FLAG_PINNED, FLAG_POKED, OBJECT_TYPES, SPLITS
 from neurok.data.store import Store
 from neurok.dynamics import (
     BoundaryConditions,
@@ -35,11 +35,13 @@ from neurok.dynamics import (
     PointForce,
     ReducedShape,
     SimulatorConfig,
+    checks,
     fit,
     rollout,
     solve_initial_state,
 )
 from neurok.dynamics.config import Space
+from neurok.dynamics.rigid import FloatingShape
 from neurok.errors import BadInputError, NeurokError
 from neurok.eval import metrics
 from neurok.eval.baselines import DeformationBank, NearestBaseline, PCABaseline, grid_anchors
@@ -68,6 +70,7 @@ class Case:
     flags: np.ndarray  # (V,) FLAG_* bits
     center: np.ndarray
     scale: float
+    ground: float | None = None  # normalised height of the scene's ground plane; None: not known
 
 
 @dataclass
@@ -108,9 +111,11 @@ def load_case(store: Store, s: int, cfg: EvalConfig, dual_quaternion: bool) -> C
     frames = ((seq.frames - center) / scale).astype(np.float32)
     target = int(np.argmax(np.abs(frames - frames[0]).max(axis=(1, 2))))
     conditions = dict(zip(CONDITION_FIELDS, store.conditions[s].tolist(), strict=True))
+    # generated scenes stand on MuJoCo's ground plane, y = 0 in the store's frame; ingested ones say nothing
+    ground = -float(center[1]) / scale if store.attrs.get("provenance", {}).get("recipe") else None
     return Case(
         s, seq.name, seq.object_type, seq.split, frames, seq.faces.astype(np.int64), target,
-        example["inputs"], conditions, seq.vertex_flags, center, scale,
+        example["inputs"], conditions, seq.vertex_flags, center, scale, ground,
     )  # fmt: skip
 
 
@@ -200,7 +205,7 @@ def conditions_for(case: Case, shape: ReducedShape) -> tuple[BoundaryConditions,
     initial (angular) velocity -> a velocity field; a poke -> its region's velocity change (impulse over
     the object's mass density x volume share), at t = 0 as a boundary condition, later as a one-frame
     force; a drag -> a push-then-brake force pair that moves its region by the offset over its window;
-    gravity -> gravity."""
+    gravity -> gravity; pinned vertices -> pins at their rest positions."""
     c, rest, s = case.conditions, case.frames[0], case.scale
     vec = lambda prefix: np.array([c[f"{prefix}_{k}"] for k in "xyz"])  # noqa: E731
     velocity = vec("init_velocity") / s + np.cross(vec("init_angular_velocity"), rest - rest.mean(axis=0))
@@ -232,7 +237,10 @@ def conditions_for(case: Case, shape: ReducedShape) -> tuple[BoundaryConditions,
             PointForce(torch.from_numpy(region), [-f for f in push], mid, t1),
         ]
     dtype = shape.basis.dtype
-    forcing = Forcing.stack([Forcing.build(len(rest), forces, dtype=dtype)])
+    pinned = torch.from_numpy((case.flags & FLAG_PINNED > 0).astype(np.float64))
+    forcing = Forcing.stack(
+        [Forcing.build(len(rest), forces, dtype=dtype, pin=pinned, pin_position=torch.from_numpy(rest))]
+    )
     bc = BoundaryConditions.stack([BoundaryConditions.velocity_field(torch.from_numpy(velocity).to(dtype))])
     return bc, forcing, (vec("gravity") / s).tolist()
 
@@ -247,15 +255,18 @@ def simulation(
     shape: ReducedShape, sim: SimulatorConfig, case: Case, sampler: metrics.SurfaceSampler, cfg: EvalConfig
 ) -> tuple[dict[str, float], list[float], MeshRollout | None]:
     bc, forcing, gravity = conditions_for(case, shape)
+    body = FloatingShape(shape) if cfg.shape.rigid else shape
     frame_dt = case.conditions["frame_dt"] or 1 / sim.fps
     horizon_frames = min(len(case.frames) - 1, sim.frames)  # simulator.frames caps the horizon (budget)
-    sim = dataclasses.replace(sim, fps=1 / frame_dt, frames=horizon_frames, gravity=gravity)
+    sim = dataclasses.replace(
+        sim, fps=1 / frame_dt, frames=horizon_frames, gravity=gravity, ground=case.ground
+    )
     try:
-        q0, qdot0 = solve_initial_state(shape, bc, cfg.dynamics.boundary)
+        q0, qdot0 = solve_initial_state(body, bc, cfg.dynamics.boundary)
         start = time.perf_counter()
-        out = rollout(shape, q0, qdot0, sim, forcing)
+        out = rollout(body, q0, qdot0, sim, forcing)
         wall = time.perf_counter() - start
-        free = out if sim.damping == 0 else rollout(shape, q0, qdot0, dataclasses.replace(sim, damping=0.0))
+        free = out if sim.damping == 0 else rollout(body, q0, qdot0, dataclasses.replace(sim, damping=0.0))
     except NeurokError as exc:  # a blow-up is a result of the model, not a failure of the evaluation
         log.warning("%s: latent rollout failed: %s", case.name, exc)
         return {"rollout_failed": 1.0}, [], None
@@ -272,7 +283,34 @@ def simulation(
         "latent_frames": float(sim.frames),
         "latent_steps": float(sum(out.steps)),
     }
-    return values, horizon, MeshRollout.from_rollout(out, case.faces, case.center, case.scale)
+    result = MeshRollout.from_rollout(out, case.faces, case.center, case.scale)
+    result.checks = physics_checks(case, shape, sim, forcing, result)
+    values |= {f"check_{c.name.replace(' ', '_')}": c.value for c in result.checks}
+    values["checks_passed"] = float(np.mean([c.passed for c in result.checks]))
+    return values, horizon, result
+
+
+def physics_checks(
+    case: Case, shape: ReducedShape, sim: SimulatorConfig, forcing: Forcing, result: MeshRollout
+) -> list[checks.Check]:
+    """dynamics.checks of an eval rollout, in the model's units, under the case's recorded conditions."""
+    pokes = [
+        checks.Poke(w.double().numpy(), f.double().numpy(), float(t0), float(t1))
+        for w, f, t0, t1 in zip(
+            forcing.weights[0], forcing.force[0], forcing.start[0], forcing.end[0], strict=True
+        )
+    ]
+    scene = checks.Scene(
+        case.frames[0].astype(np.float64),
+        shape.latent.masses.double().numpy(),
+        np.asarray(sim.gravity, np.float64),
+        pokes,
+        forcing.pin[0].double().numpy(),
+        case.ground is not None,
+    )
+    return checks.physics_checks(
+        scene, result.time, result.normalised, result.velocities, result.energy_drift
+    )
 
 
 def mujoco_frames_per_s(store: Store, case: Case) -> float | None:

@@ -41,6 +41,16 @@ COLUMNS = (  # (key, header) of the markdown table
     ("rollout_chamfer_l1_2s", "rollout CD-L1 @2s"),
     ("energy_drift", "energy drift"),
     ("rollout_failed", "rollout failed"),
+    # physics checks of the rollouts (dynamics.checks), each where it applies to the case's conditions
+    ("checks_passed", "checks passed"),
+    ("check_start_error", "start err"),
+    ("check_free_fall", "free fall err"),
+    ("check_linear_momentum_drift", "P drift"),
+    ("check_angular_momentum_drift", "L drift"),
+    ("check_poke_alignment", "poke cos"),
+    ("check_poke_locality", "poke locality"),
+    ("check_pin_error", "pin err"),
+    ("check_at_rest_on_the_ground", "rest/peak speed"),
 )
 
 

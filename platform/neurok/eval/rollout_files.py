@@ -8,6 +8,7 @@ normalisation (frame 0's bounding box to the unit cube), and the outputs are map
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,12 +27,15 @@ from neurok.dynamics import (
     Rollout,
     SimulatorConfig,
     active_subspace,
+    checks,
     region_near,
     rollout,
     solve_initial_state,
 )
+from neurok.dynamics.checks import Check
 from neurok.dynamics.from_model import latent_shape
 from neurok.dynamics.mechanics import metric
+from neurok.dynamics.rigid import RIGID, FloatingShape
 from neurok.errors import BadInputError
 from neurok.eval.config import ModelShapeConfig, RenderConfig
 from neurok.eval.render import render_frames, write_video
@@ -56,11 +60,15 @@ class Poke:
 
 @dataclass
 class MeshConditions:
-    """What acts on a user's mesh, in its own units: pokes, gravity (m/s^2, y-up), an initial velocity."""
+    """What acts on a user's mesh, in its own units: pokes, gravity (m/s^2, y-up), an initial velocity
+    and spin (rad/s about the centroid), pins (the surface near each point is held), a ground plane."""
 
     pokes: list[Poke] = field(default_factory=list)
     gravity: tuple[float, float, float] = (0.0, 0.0, 0.0)
     velocity: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    spin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    pins: list[tuple[float, float, float]] = field(default_factory=list)
+    ground: float | None = None  # height (m) of a ground plane y = ground
 
 
 def parse_vector(text: str, what: str) -> tuple[float, float, float]:
@@ -126,8 +134,11 @@ class MeshRollout:
     kinetic: np.ndarray  # (T,)
     potential: np.ndarray  # (T,)
     work: np.ndarray  # (T,)
-    q: np.ndarray  # (T, k_q)
+    q: np.ndarray  # (T, k): the rigid frame's 6 coordinates first when the shape floats, then k_q
     energy_drift: float
+    velocities: np.ndarray  # (T, V, 3) normalised units per second
+    checks: list[Check] = field(default_factory=list)  # physics checks (dynamics.checks), when known
+    absorbed: list[dict[str, float]] = field(default_factory=list)  # per poke: share the coordinates take
 
     @classmethod
     def from_rollout(cls, out: Rollout, faces: np.ndarray, center: np.ndarray, scale: float) -> MeshRollout:
@@ -144,7 +155,12 @@ class MeshRollout:
             out.work[0].numpy(),
             out.q[0].numpy(),
             float(out.energy_drift()[0]),
+            out.velocities[0].numpy(),
         )
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
 
 
 def simulate_mesh(
@@ -157,30 +173,79 @@ def simulate_mesh(
     poke_radius: float = 0.15,
     seed: int = 0,
 ) -> MeshRollout:
-    """Normalise the mesh, reduce the model's shape space for it, and roll out under `conditions`."""
+    """Normalise the mesh, reduce the model's shape space for it (carried by a rigid frame unless
+    shape.rigid is off), roll out under `conditions`, and check the rollout's physics."""
     center, scale = normalisation(vertices[None])
     rest = ((vertices - center) / scale).astype(np.float32)
-    shape, sim = reduced_model_shape(model, rest, faces, shape_cfg, dynamics, seed)
-    sim = dataclasses.replace(sim, gravity=[g / scale for g in conditions.gravity])
-    dtype = shape.basis.dtype
+    reduced, sim = reduced_model_shape(model, rest, faces, shape_cfg, dynamics, seed)
+    shape = FloatingShape(reduced) if shape_cfg.rigid else reduced
+    ground = None if conditions.ground is None else (conditions.ground - center[1]) / scale
+    sim = dataclasses.replace(sim, gravity=[g / scale for g in conditions.gravity], ground=ground)
+    dtype = reduced.basis.dtype
     rest_t = torch.from_numpy(rest).to(dtype)
+
+    def near(point: Sequence[float]) -> torch.Tensor:
+        return region_near(rest_t, [(p - c) / scale for p, c in zip(point, center, strict=True)], poke_radius)
+
+    # the model's object has mass 1 (paper s9.2): a = F / 1, in normalised lengths
     point_forces = [
-        PointForce(
-            region_near(
-                rest_t, [(p - c) / scale for p, c in zip(poke.point, center, strict=True)], poke_radius
-            ),
-            [f / scale for f in poke.force],  # the model's object has mass 1 (paper s9.2): a = F / 1
-            poke.start,
-            poke.end,
-        )
+        PointForce(near(poke.point), [f / scale for f in poke.force], poke.start, poke.end)
         for poke in conditions.pokes
     ]
-    forcing = Forcing.stack([Forcing.build(len(rest), point_forces, dtype=dtype)])
-    velocity = rest_t.new_tensor(conditions.velocity).div(scale).expand(len(rest), 3)
+    pinned = torch.zeros(len(rest), dtype=dtype)
+    for point in conditions.pins:
+        pinned = torch.maximum(pinned, near(point))
+    forcing = Forcing.stack(
+        [Forcing.build(len(rest), point_forces, dtype=dtype, pin=pinned, pin_position=rest_t)]
+    )
+    masses = reduced.latent.masses
+    centroid = (masses @ rest_t) / masses.sum()
+    spin = rest_t.new_tensor(conditions.spin).expand(len(rest), 3)
+    velocity = rest_t.new_tensor(conditions.velocity) / scale + torch.linalg.cross(spin, rest_t - centroid)
     bc = BoundaryConditions.stack([BoundaryConditions.velocity_field(velocity)])
     q0, qdot0 = solve_initial_state(shape, bc, dynamics.boundary)
     out = rollout(shape, q0, qdot0, sim, forcing)
-    return MeshRollout.from_rollout(out, np.asarray(faces), center, scale)
+    result = MeshRollout.from_rollout(out, np.asarray(faces), center, scale)
+    scene = checks.Scene(
+        rest.astype(np.float64),
+        masses.double().numpy(),
+        np.asarray(sim.gravity, np.float64),
+        [
+            checks.Poke(p.region.double().numpy(), np.asarray(p.force, np.float64), p.start, p.end)
+            for p in point_forces
+        ],
+        pinned.double().numpy(),
+        ground is not None,
+    )
+    result.checks = checks.physics_checks(
+        scene, result.time, result.normalised, result.velocities, result.energy_drift
+    )
+    result.absorbed = absorbed_shares(shape, q0[0], point_forces)
+    return result
+
+
+def absorbed_shares(
+    shape: ReducedShape | FloatingShape, q0: torch.Tensor, forces: list[PointForce]
+) -> list[dict]:
+    """Per point force, the share of it the coordinates take up at the start: all of them, and the
+    deformation's alone (checks.absorbed_share). A small deformation share means the reduced space has
+    no response for this poke: it will move the object, not dent it."""
+    if not forces:
+        return []
+    with torch.no_grad():
+        J = shape.jacobian_fn(shape.tensors)(q0)[1].double().numpy()
+    masses = shape.latent.masses.double().numpy()
+    deformation = slice(RIGID, None) if isinstance(shape, FloatingShape) else slice(None)
+    shares = []
+    for force in forces:
+        field = force.region.double().numpy()[:, None] * np.asarray(force.force, np.float64)
+        shares.append(
+            {
+                "all": checks.absorbed_share(J, masses, field),
+                "deformation": checks.absorbed_share(J, masses, field, deformation),
+            }
+        )
+    return shares
 
 
 def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
@@ -201,10 +266,18 @@ def write_rollout(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {"npz": out / "rollout.npz"}
-    arrays = {k: v for k, v in dataclasses.asdict(result).items() if k != "energy_drift"}
+    report = ("energy_drift", "checks", "absorbed")
+    arrays = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in report}
     if truth is not None:
         arrays["truth"] = truth
     np.savez_compressed(files["npz"], energy_drift=result.energy_drift, **arrays)
+    if result.checks:
+        files["checks"] = out / "checks.json"
+        checks_report = {
+            "checks": [dataclasses.asdict(c) | {"passed": c.passed} for c in result.checks],
+            "absorbed": result.absorbed,
+        }
+        files["checks"].write_text(json.dumps(checks_report, indent=2))
     if render.obj:
         frames_dir = out / "frames"
         frames_dir.mkdir(exist_ok=True)
@@ -225,9 +298,20 @@ def write_rollout(
     return files
 
 
-def conditions_from_cli(pokes: Sequence[str], gravity: str | None, velocity: str | None) -> MeshConditions:
+def conditions_from_cli(
+    pokes: Sequence[str],
+    gravity: str | None,
+    velocity: str | None,
+    spin: str | None = None,
+    pins: Sequence[str] = (),
+    ground: float | None = None,
+) -> MeshConditions:
+    zero = (0.0, 0.0, 0.0)
     return MeshConditions(
         [parse_poke(p) for p in pokes],
-        parse_vector(gravity, "--gravity") if gravity else (0.0, 0.0, 0.0),
-        parse_vector(velocity, "--velocity") if velocity else (0.0, 0.0, 0.0),
+        parse_vector(gravity, "--gravity") if gravity else zero,
+        parse_vector(velocity, "--velocity") if velocity else zero,
+        parse_vector(spin, "--spin") if spin else zero,
+        [parse_vector(p, "--pin") for p in pins],
+        ground,
     )

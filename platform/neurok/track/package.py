@@ -36,7 +36,7 @@ from neurok.dynamics.config import Integrator
 from neurok.errors import BadInputError
 from neurok.eval.config import SimulateConfig
 from neurok.eval.rollout_files import MeshConditions, Poke, simulate_mesh
-from neurok.train.checkpoint import MODEL_PREFIX, load_model
+from neurok.train.checkpoint import load_model, slim_checkpoint
 
 ARTIFACT_NAME = "simulator"
 ROW = 8  # numbers per poke or drag row
@@ -156,14 +156,6 @@ def signature(cfg: SimulateConfig) -> ModelSignature:
         ]
     )
     return ModelSignature(inputs, outputs, params)
-
-
-def slim_checkpoint(checkpoint: dict) -> dict:
-    """The model's part of a training checkpoint (no optimiser state), still readable by load_model."""
-    return {
-        "hyper_parameters": {"model": dict(checkpoint["hyper_parameters"]["model"])},
-        "state_dict": {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)},
-    }
 
 
 def requirements() -> list[str]:

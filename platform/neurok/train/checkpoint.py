@@ -40,3 +40,11 @@ def load_model(path: str | Path) -> NeuROK:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def slim_checkpoint(checkpoint: dict) -> dict:
+    """The model's part of a training checkpoint (no optimiser state), still readable by load_model."""
+    return {
+        "hyper_parameters": {"model": dict(checkpoint["hyper_parameters"]["model"])},
+        "state_dict": {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)},
+    }
