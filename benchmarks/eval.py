@@ -68,10 +68,10 @@ def main() -> None:
     model, store = load_model(args.model), Store(args.data)
     case = load_case(store, args.sequence, cfg, model.cfg.dual_quaternion)
     start = time.perf_counter()
-    shape, sim = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
+    shape = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
     reduction_s = time.perf_counter() - start
     sampler = metrics.SurfaceSampler(case.frames[0], case.faces, cfg.surface_samples)
-    values, _, _ = simulation(shape, sim, case, sampler, cfg)
+    values, _, _ = simulation(shape, case, sampler, cfg)
     mujoco = mujoco_frames_per_s(store, case)
     ik = dataclasses.replace(cfg.dynamics.ik, iterations=args.ik_iterations)
     points = sampler(case.frames[case.target])[None]
@@ -84,8 +84,8 @@ def main() -> None:
         "frames": len(case.frames) - 1,
         "vertices": int(case.frames.shape[1]),
         "k_q": shape.dims,
-        "dt": sim.dt,
-        "integrator": str(sim.integrator),
+        "dt": cfg.dynamics.simulator.dt,
+        "integrator": str(cfg.dynamics.simulator.integrator),
         "active_subspace_s": reduction_s,
         "latent_frames_per_s": values.get("latent_frames_per_s"),
         "mujoco_frames_per_s": mujoco,

@@ -24,7 +24,7 @@ from neurok.dynamics.config import (
 )
 from neurok.dynamics.forces import Forcing, PointForce
 from neurok.dynamics.ik import IKResult, fit, track
-from neurok.dynamics.reduction import active_subspace
+from neurok.dynamics.reduction import active_subspace, heavy_directions
 from neurok.dynamics.rigid import FloatingShape
 from neurok.dynamics.shape import LatentShape, ReducedShape
 from neurok.dynamics.simulator import Rollout, rollout
@@ -45,6 +45,7 @@ __all__ = [
     "SimulatorConfig",
     "active_subspace",
     "fit",
+    "heavy_directions",
     "region_near",
     "rollout",
     "solve_initial_state",

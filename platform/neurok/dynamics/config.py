@@ -40,8 +40,9 @@ class ReductionConfig:
     max_dims: int = 16  # cap on k_q
     min_dims: int = 1
     dims: int | None = None  # fix k_q instead of choosing it by the retained share
-    min_inertia: float = 1e-2  # skip a direction that would leave a metric eigenvalue below this share of
-    #                            the largest (a mode too fast to simulate); 0 keeps every direction
+    min_inertia: float = 0.0  # skip a direction that would leave a metric eigenvalue below this share of
+    #                           the largest; 0 keeps every direction the shapes need (IK), and the simulator
+    #                           drops the light ones itself (simulator.min_inertia)
     seed: int = 0
     chunk_size: int | None = 64  # decoder evaluations per vectorised batch (bounds memory)
 
@@ -63,6 +64,9 @@ class SimulatorConfig:
     gravity: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # m/s^2, y-up; Earth: [0, -9.81, 0]
     max_omega_dt: float = 0.2  # refine dt so the fastest mode's omega dt is at most this; 0: use dt as is
     eps: float = 1e-6  # metric regulariser: solve with G + eps tr(G)/k_q I
+    min_inertia: float = 1e-2  # simulate the reduced space's directions whose inertia at rest is at least
+    #                            this share of the largest: a lighter one is a mode of almost no mass, too
+    #                            fast for any affordable step (dynamics.reduction.heavy_directions)
     max_energy_error: float = 0.5  # guard: stop when |E - E0 - W| exceeds this share of (max T + |W|)
     pin_frequency: float = 30.0  # Hz: the pins hold the whole object as a spring of this frequency: a sag
     #                              of g / (2 pi f)^2 = 0.3 mm at 30 Hz (20 Hz let a 1 m object hung by its

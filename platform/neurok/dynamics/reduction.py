@@ -187,6 +187,15 @@ def keeps_the_shapes(step: Step, cfg: ReductionConfig, cap: int) -> bool:
     return step.dims >= cap or (step.dims >= cfg.min_dims and bool(step.retained >= cfg.retain))
 
 
+def heavy_directions(shape: ReducedShape, min_inertia: float) -> ReducedShape:
+    """The directions of one object's reduced space that carry inertia at rest, for the simulator: those
+    of G's eigen-directions at q = 0 with at least min_inertia of the largest inertia (the module
+    docstring's light modes: IK may use them, no affordable time step resolves them)."""
+    J = shape.jacobian_fn(shape.tensors)(shape.basis.new_zeros(shape.dims))[1]
+    basis, _ = without_light_modes(shape.basis, J, shape.latent.masses, min_inertia)
+    return ReducedShape(shape.latent, basis)
+
+
 def by_inertia(step: Step, masses: torch.Tensor) -> torch.Tensor:
     """The step's basis rotated to the eigenvectors of G at q = 0, by descending inertia (same span)."""
     _, rotation = torch.linalg.eigh(metric(step.jacobian, masses))

@@ -41,12 +41,11 @@ from neurok.dynamics import (
     solve_initial_state,
 )
 from neurok.dynamics.config import Space
-from neurok.dynamics.rigid import FloatingShape
 from neurok.errors import BadInputError, NeurokError
 from neurok.eval import metrics
 from neurok.eval.baselines import DeformationBank, NearestBaseline, PCABaseline, grid_anchors
 from neurok.eval.config import EvalConfig
-from neurok.eval.rollout_files import MeshRollout, reduced_model_shape
+from neurok.eval.rollout_files import MeshRollout, reduced_model_shape, simulated_body
 from neurok.model import NeuROK
 from neurok.model.diagnostics import latent_diagnostics
 from neurok.train.examples import ReconstructionExamples
@@ -252,10 +251,10 @@ def mesh_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
 
 
 def simulation(
-    shape: ReducedShape, sim: SimulatorConfig, case: Case, sampler: metrics.SurfaceSampler, cfg: EvalConfig
+    shape: ReducedShape, case: Case, sampler: metrics.SurfaceSampler, cfg: EvalConfig
 ) -> tuple[dict[str, float], list[float], MeshRollout | None]:
     bc, forcing, gravity = conditions_for(case, shape)
-    body = FloatingShape(shape) if cfg.shape.rigid else shape
+    body, sim = simulated_body(shape, cfg.shape, cfg.dynamics)
     frame_dt = case.conditions["frame_dt"] or 1 / sim.fps
     horizon_frames = min(len(case.frames) - 1, sim.frames)  # simulator.frames caps the horizon (budget)
     sim = dataclasses.replace(
@@ -360,7 +359,7 @@ def evaluate(model: NeuROK, store: Store, cfg: EvalConfig) -> EvalResult:
         case = load_case(store, s, cfg, model.cfg.dual_quaternion)
         cases.append(case)
         log.info("eval %d/%d: %s (%s, %s)", n + 1, len(indices), case.name, case.object_type, case.split)
-        shape, sim = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
+        shape = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
         sampler = metrics.SurfaceSampler(case.frames[0], case.faces, cfg.surface_samples, cfg.seed)
         result = CaseResult(case.name, case.object_type, case.split)
         result.values |= reduction_values(shape)
@@ -369,7 +368,7 @@ def evaluate(model: NeuROK, store: Store, cfg: EvalConfig) -> EvalResult:
         result.values["pca_k_dims"] = float(pcas["pca_k"].dims)
         result.values |= inverse_kinematics(shape, case, sampler, pcas, nearest, cfg.dynamics.ik, cfg.grid)
         if sum(r.rollout is not None or "rollout_failed" in r.values for r in results) < cfg.rollouts:
-            values, result.horizon, result.rollout = simulation(shape, sim, case, sampler, cfg)
+            values, result.horizon, result.rollout = simulation(shape, case, sampler, cfg)
             result.values |= values
             if result.rollout is not None and sum(r.truth is not None for r in results) < cfg.renders:
                 result.truth = case.frames[: len(result.rollout.time)] * case.scale + case.center

@@ -28,6 +28,7 @@ from neurok.dynamics import (
     SimulatorConfig,
     active_subspace,
     checks,
+    heavy_directions,
     region_near,
     rollout,
     solve_initial_state,
@@ -104,6 +105,20 @@ def stiffness_for(shape: ReducedShape, frequency: float) -> float:
     return float((2 * np.pi * frequency) ** 2 * G.diagonal().mean())
 
 
+def simulated_body(
+    shape: ReducedShape, shape_cfg: ModelShapeConfig, dynamics: DynamicsConfig
+) -> tuple[ReducedShape | FloatingShape, SimulatorConfig]:
+    """What the simulator integrates for an object's reduced space: its directions with inertia at rest
+    (simulator.min_inertia), carried by a rigid frame unless shape.rigid is off; and the simulator config
+    with the stiffness set for them."""
+    with torch.no_grad():
+        heavy = heavy_directions(shape, dynamics.simulator.min_inertia)
+    sim = dynamics.simulator
+    if shape_cfg.frequency > 0:
+        sim = dataclasses.replace(sim, stiffness=stiffness_for(heavy, shape_cfg.frequency))
+    return (FloatingShape(heavy) if shape_cfg.rigid else heavy), sim
+
+
 def reduced_model_shape(
     model: NeuROK,
     rest: np.ndarray,
@@ -111,14 +126,11 @@ def reduced_model_shape(
     shape_cfg: ModelShapeConfig,
     dynamics: DynamicsConfig,
     seed: int = 0,
-) -> tuple[ReducedShape, SimulatorConfig]:
-    """The reduced shape of a normalised rest mesh, and the simulator config with its stiffness set."""
+) -> ReducedShape:
+    """The reduced shape space of a normalised rest mesh (reconstruction and IK; simulated_body for the
+    simulator)."""
     latent = latent_shape(model, rest, faces, shape_cfg.points, shape_cfg.max_queries, seed=seed)
-    reduced = active_subspace(latent, dynamics.reduction)
-    sim = dynamics.simulator
-    if shape_cfg.frequency > 0:
-        sim = dataclasses.replace(sim, stiffness=stiffness_for(reduced, shape_cfg.frequency))
-    return reduced, sim
+    return active_subspace(latent, dynamics.reduction)
 
 
 @dataclass
@@ -177,8 +189,8 @@ def simulate_mesh(
     shape.rigid is off), roll out under `conditions`, and check the rollout's physics."""
     center, scale = normalisation(vertices[None])
     rest = ((vertices - center) / scale).astype(np.float32)
-    reduced, sim = reduced_model_shape(model, rest, faces, shape_cfg, dynamics, seed)
-    shape = FloatingShape(reduced) if shape_cfg.rigid else reduced
+    reduced = reduced_model_shape(model, rest, faces, shape_cfg, dynamics, seed)
+    shape, sim = simulated_body(reduced, shape_cfg, dynamics)
     ground = None if conditions.ground is None else (conditions.ground - center[1]) / scale
     sim = dataclasses.replace(sim, gravity=[g / scale for g in conditions.gravity], ground=ground)
     dtype = reduced.basis.dtype

@@ -25,7 +25,7 @@ def measure(model: NeuROK, store: Store, split: str, cfg: EvalConfig) -> dict[st
     values: dict[str, list[float]] = {}
     for n, s in enumerate(select_cases(store, cfg)):
         case = load_case(store, s, cfg, model.cfg.dual_quaternion)
-        shape, sim = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
+        shape = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
         sampler = metrics.SurfaceSampler(case.frames[0], case.faces, cfg.surface_samples, cfg.seed)
         recon = reconstruction(model, shape, case, sampler, cfg)
         target = sampler(case.frames[case.target])
@@ -35,7 +35,7 @@ def measure(model: NeuROK, store: Store, split: str, cfg: EvalConfig) -> dict[st
             "ik_chamfer_l1": metrics.chamfer_l1_l2(sampler(ik), target)[0],
         }
         if n < cfg.rollouts:  # the costly part: eval's own budget
-            rollout, _, _ = simulation(shape, sim, case, sampler, cfg)
+            rollout, _, _ = simulation(shape, case, sampler, cfg)
             if not rollout.get("rollout_failed"):
                 found["energy_drift"] = rollout["energy_drift"]
                 found["ms_per_frame"] = 1000.0 / rollout["latent_frames_per_s"]
