@@ -51,3 +51,18 @@ def test_a_decoder_that_uses_z_explains_its_own_deformation():
     scalars = found.scalars()
     assert scalars["explained_own"] == found.explained["own"] and scalars["jacobian_sv_1"] > 0
     assert scalars["kl_total"] == pytest.approx(float(found.kl_per_dim.sum()))
+
+
+def test_diagnostics_take_the_outputs_of_a_bf16_mixed_step():
+    """Validation under bf16-mixed hands over bf16 outputs; the diagnostics run in float32 (this failed
+    on the GPU: 'expected mat1 and mat2 to have the same dtype')."""
+    model = model_with_a_live_head()
+    batch = make_batch(b=4)
+    with torch.no_grad():
+        batch["query_displacement"] = model(batch, sample=False)["deformation"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(batch, sample=False)
+    assert out["mu"].dtype == torch.bfloat16
+    found = latent_diagnostics(model, batch, out)
+    assert found.explained["own"] > max(0.99, found.explained["shuffled"])
+    assert torch.isfinite(found.singular_values).all()

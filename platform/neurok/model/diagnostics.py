@@ -107,17 +107,17 @@ def latent_diagnostics(
     device_type = batch["points"].device.type
     with torch.autocast(device_type, enabled=False):
         out = model(batch, sample=False) if out is None else out
-        mu, mu_cond = out["mu"].float(), out["mu_cond"].float()
+        # a bf16-mixed step's outputs are bf16; the weights, outside autocast, are float32
+        out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
+        mu, mu_cond = out["mu"], out["mu_cond"]
         singular_values = torch.stack(
             [
-                jacobian_singular_values(
-                    model, out["shape_tokens"][i].float(), mu_cond[i], batch["queries"][i]
-                )
+                jacobian_singular_values(model, out["shape_tokens"][i], mu_cond[i], batch["queries"][i])
                 for i in range(min(objects, mu.shape[0]))
             ]
         )
         return LatentDiagnostics(
-            kl_per_dimension(mu, out["logvar"].float(), mu_cond),
+            kl_per_dimension(mu, out["logvar"], mu_cond),
             active_dimensions(mu, mu_cond),
             explained_shares(model, batch, out),
             singular_values,
