@@ -85,7 +85,7 @@ def main() -> None:
                     }
                 )
             for share in out.absorbed:
-                print(f"  absorbed: all {share['all']:.2f}, deformation {share['deformation']:.2f}")
+                print(f"  absorbed: all {share['all']:.3g}, deformation {share['deformation']:.3g}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "physics.json").write_text(json.dumps(rows, indent=2))
     lines = ["| mesh | scene | check | value | target | ok |", "|---|---|---|---|---|---|"]

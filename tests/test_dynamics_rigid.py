@@ -226,3 +226,15 @@ def test_energy_balance_check_and_absorbed_share():
     # a uniform force field is a pure translation: all of it taken, by the frame, none by the deformation
     assert checks.absorbed_share(J.numpy(), masses, uniform) == pytest.approx(1.0, abs=1e-9)
     assert checks.absorbed_share(J.numpy(), masses, uniform, slice(RIGID, None)) < 1e-9
+
+
+def test_poke_response_is_measured_against_the_unpoked_twin():
+    """Under gravity the poked region mostly falls; the unpoked twin removes what gravity did."""
+    scene, t = _scene(gravity=np.array([0.0, -9.81, 0.0])), _time()
+    region = (scene.rest[:, 0] > 0.3).astype(float)
+    poke = checks.Poke(region, np.array([0.0, 0.0, 5.0]), 0.0, 0.1)
+    falling = scene.rest - 0.5 * 9.81 * t[:, None, None] ** 2 * np.array([0.0, 1.0, 0.0])
+    poked = falling + 0.05 * t[:, None, None] * region[:, None] * [0.0, 0.0, 1.0]
+    assert not checks.poke_response(scene, poke, t, poked)[0].passed
+    alignment, locality = checks.poke_response(scene, poke, t, poked, falling)
+    assert alignment.value > 0.99 and locality.passed

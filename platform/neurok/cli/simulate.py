@@ -88,16 +88,18 @@ def run(args: argparse.Namespace) -> int:
     for check in result.checks:
         print(f"  {check.line()}")
     for n, share in enumerate(result.absorbed):
+        of_all = share["deformation"] / max(share["all"], 1e-12)
         print(
-            f"  poke {n + 1}: the coordinates take {share['all']:.0%} of it, "
-            f"the deformation {share['deformation']:.0%}"
+            f"  poke {n + 1}: the coordinates take {share['all']:.2%} of its work (a rigid body "
+            f"{share['rigid_body']:.2%}), the deformation {of_all:.0%} of that"
         )
-        if share["deformation"] < 0.1:
+        if of_all < 0.1:
             log.warning(
-                "poke %d: the reduced space takes only %.0f%% of it as deformation: it will move the object "
-                "more than dent it (raise dynamics.reduction.max_dims, or train on pokes like it)",
+                "poke %d: the deformation takes only %.0f%% of what the coordinates take up: the poke will "
+                "move the object more than dent it (raise dynamics.reduction.max_dims, or train on pokes "
+                "like it)",
                 n + 1,
-                100 * share["deformation"],
+                100 * of_all,
             )
     for check in result.failed_checks:
         log.warning("physics check failed: %s", check.line())

@@ -134,22 +134,30 @@ def deformation(masses: np.ndarray, rest: np.ndarray, x: np.ndarray) -> np.ndarr
     return (x - c) @ R - (rest - c0)
 
 
-def poke_response(scene: Scene, poke: Poke, time: np.ndarray, vertices: np.ndarray) -> list[Check]:
+def poke_response(
+    scene: Scene, poke: Poke, time: np.ndarray, vertices: np.ndarray, reference: np.ndarray | None = None
+) -> list[Check]:
     """Alignment: the cosine between the force and the poked region's displacement, at the frame (during
     the poke and 0.2 s after) where that displacement is largest. Locality: the region's deformation (the
-    rigid motion removed) over the far side's, the quarter of the vertices farthest from the region."""
+    rigid motion removed) over the far side's, the quarter of the vertices farthest from the region.
+    `reference` (T, V, 3), the same scene without its pokes, is what gravity and supports do alone: the
+    poke's response is the difference (else the motion from frame 0)."""
     window = (time > poke.start) & (time <= poke.end + 0.2)
     if not window.any() or not np.linalg.norm(poke.force) > 0:
         return []
+    base = np.repeat(vertices[:1], len(vertices), 0) if reference is None else reference
     w = poke.weights / poke.weights.sum()
-    moved = np.einsum("v,tvi->ti", w, vertices[window] - vertices[0])
+    moved = np.einsum("v,tvi->ti", w, vertices[window] - base[window])
     peak = int(np.linalg.norm(moved, axis=-1).argmax())
     direction = poke.force / np.linalg.norm(poke.force)
     cosine = moved[peak] @ direction / max(np.linalg.norm(moved[peak]), 1e-300)
     centre = w @ scene.rest
     distance = np.linalg.norm(scene.rest - centre, axis=-1)
     far = distance >= np.quantile(distance, 0.75)
-    bent = np.linalg.norm(deformation(scene.masses, scene.rest, vertices[window][peak]), axis=-1)
+    poked, unpoked = vertices[window][peak], base[window][peak]
+    bent = np.linalg.norm(
+        deformation(scene.masses, scene.rest, poked) - deformation(scene.masses, scene.rest, unpoked), axis=-1
+    )
     ratio = (w @ bent) / max(bent[far].mean(), 1e-300)
     return [
         Check("poke alignment", float(cosine), ALIGNMENT, at_least=True, what="cos(force, region's motion)"),
@@ -175,9 +183,15 @@ def settled(scene: Scene, velocities: np.ndarray) -> Check:
 
 
 def physics_checks(
-    scene: Scene, time: np.ndarray, vertices: np.ndarray, velocities: np.ndarray, energy_drift: float
+    scene: Scene,
+    time: np.ndarray,
+    vertices: np.ndarray,
+    velocities: np.ndarray,
+    energy_drift: float,
+    unpoked: np.ndarray | None = None,
 ) -> list[Check]:
-    """Every check that applies to the scene, for one rollout: vertices and velocities (T, V, 3)."""
+    """Every check that applies to the scene, for one rollout: vertices and velocities (T, V, 3); `unpoked`
+    is the same scene's vertices without its pokes, when the caller ran it (see poke_response)."""
     checks = [start_error(scene, vertices), energy_balance(energy_drift)]
     unforced = not (scene.pokes or scene.pins or scene.ground or scene.other_forces)
     if unforced and np.linalg.norm(scene.gravity) > 0:
@@ -185,7 +199,7 @@ def physics_checks(
     if unforced and not np.linalg.norm(scene.gravity) > 0:
         checks += momentum_drift(scene, vertices, velocities)
     for poke in scene.pokes:
-        checks += poke_response(scene, poke, time, vertices)
+        checks += poke_response(scene, poke, time, vertices, unpoked)
     if scene.pins:
         checks.append(pin_error(scene, vertices))
     if scene.ground:

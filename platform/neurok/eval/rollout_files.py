@@ -207,14 +207,19 @@ def simulate_mesh(
     pinned = torch.zeros(len(rest), dtype=dtype)
     for point in conditions.pins:
         pinned = torch.maximum(pinned, near(point))
+    # with gravity or supports beside the pokes, an unpoked twin in the same batch shows what the pokes did
+    twin = bool(point_forces) and (any(conditions.gravity) or bool(conditions.pins) or ground is not None)
     forcing = Forcing.stack(
-        [Forcing.build(len(rest), point_forces, dtype=dtype, pin=pinned, pin_position=rest_t)]
+        [
+            Forcing.build(len(rest), forces, dtype=dtype, pin=pinned, pin_position=rest_t)
+            for forces in ([point_forces, []] if twin else [point_forces])
+        ]
     )
     masses = reduced.latent.masses
     centroid = (masses @ rest_t) / masses.sum()
     spin = rest_t.new_tensor(conditions.spin).expand(len(rest), 3)
     velocity = rest_t.new_tensor(conditions.velocity) / scale + torch.linalg.cross(spin, rest_t - centroid)
-    bc = BoundaryConditions.stack([BoundaryConditions.velocity_field(velocity)])
+    bc = BoundaryConditions.stack([BoundaryConditions.velocity_field(velocity)] * forcing.force.shape[0])
     q0, qdot0 = solve_initial_state(shape, bc, dynamics.boundary)
     out = rollout(shape, q0, qdot0, sim, forcing)
     result = MeshRollout.from_rollout(out, np.asarray(faces), center, scale)
@@ -229,8 +234,9 @@ def simulate_mesh(
         pinned.double().numpy(),
         ground is not None,
     )
+    unpoked = out.vertices[1].numpy() if twin else None
     result.checks = checks.physics_checks(
-        scene, result.time, result.normalised, result.velocities, result.energy_drift
+        scene, result.time, result.normalised, result.velocities, result.energy_drift, unpoked
     )
     result.absorbed = absorbed_shares(shape, q0[0], point_forces)
     return result
@@ -239,9 +245,10 @@ def simulate_mesh(
 def absorbed_shares(
     shape: ReducedShape | FloatingShape, q0: torch.Tensor, forces: list[PointForce]
 ) -> list[dict]:
-    """Per point force, the share of it the coordinates take up at the start: all of them, and the
-    deformation's alone (checks.absorbed_share). A small deformation share means the reduced space has
-    no response for this poke: it will move the object, not dent it."""
+    """Per point force, the share of its work the coordinates take up at the start (checks.absorbed_share):
+    all of them, the deformation's alone, and for scale what a rigid body takes (the region's mass share).
+    A deformation share small beside the whole means the reduced space has no dent for this poke: it
+    will move the object instead."""
     if not forces:
         return []
     with torch.no_grad():
@@ -251,10 +258,12 @@ def absorbed_shares(
     shares = []
     for force in forces:
         field = force.region.double().numpy()[:, None] * np.asarray(force.force, np.float64)
+        region = force.region.double().numpy()
         shares.append(
             {
                 "all": checks.absorbed_share(J, masses, field),
                 "deformation": checks.absorbed_share(J, masses, field, deformation),
+                "rigid_body": float(region @ masses / masses.sum() / region.max()),
             }
         )
     return shares
