@@ -24,6 +24,7 @@ class Optimizer(StrEnum):
 class Space(StrEnum):
     q = "q"  # reduced coordinates (the paper's IK setting)
     z = "z"  # the full latent
+    frame = "frame"  # q carried by a rigid frame (dynamics.rigid): a shape that travelled or turned fits too
 
 
 class ChamferKind(StrEnum):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from neurok.dynamics.config import IKConfig, Optimizer, Space
+from neurok.dynamics.rigid import FloatingShape
 from neurok.dynamics.shape import ReducedShape
 from neurok.geometry import chamfer_distance
 
@@ -28,12 +29,13 @@ class IKResult:
     chamfer: torch.Tensor  # (B,) or (B, T): final Chamfer distance (cfg.loss) to the observed points
 
 
-def _coordinates(shape: ReducedShape, cfg: IKConfig) -> ReducedShape:
-    return shape if cfg.space == Space.q else ReducedShape.identity(shape.latent)
+def _coordinates(shape: ReducedShape, cfg: IKConfig) -> ReducedShape | FloatingShape:
+    spaces = {Space.q: shape, Space.z: ReducedShape.identity(shape.latent), Space.frame: FloatingShape(shape)}
+    return spaces[Space(cfg.space)]
 
 
 def _optimise(
-    shape: ReducedShape,
+    shape: ReducedShape | FloatingShape,
     points: torch.Tensor,
     cfg: IKConfig,
     init: torch.Tensor,
@@ -41,10 +43,11 @@ def _optimise(
     anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     q = init.detach().clone().requires_grad_(True)
+    rest, elastic = shape.start(len(init)), shape.elastic  # the prior acts on the deformation alone
 
     def loss() -> torch.Tensor:
         value = chamfer_distance(shape.positions(q), points, cfg.loss)
-        value = value + 0.5 * cfg.prior_weight * q.square().sum(-1)
+        value = value + 0.5 * cfg.prior_weight * (elastic * (q - rest)).square().sum(-1)
         if anchor is not None:
             value = value + cfg.smoothness * (q - anchor).square().sum(-1)
         return value.sum()
@@ -70,7 +73,9 @@ def _optimise(
     return q.detach()
 
 
-def _result(shape: ReducedShape, q: torch.Tensor, points: torch.Tensor, cfg: IKConfig) -> IKResult:
+def _result(
+    shape: ReducedShape | FloatingShape, q: torch.Tensor, points: torch.Tensor, cfg: IKConfig
+) -> IKResult:
     """The decoded fit of q (B, k_q) or (B, T, k_q) and its Chamfer distance to points (B, [T,] N, 3)."""
     with torch.no_grad():
         x = (
@@ -90,14 +95,14 @@ def fit(
     """
     shape = _coordinates(shape, cfg)
     if init is None:
-        init = points.new_zeros(points.shape[0], shape.dims)
+        init = shape.start(points.shape[0]).to(points.dtype)
     return _result(shape, _optimise(shape, points, cfg, init, cfg.iterations), points, cfg)
 
 
 def track(shape: ReducedShape, sequence: torch.Tensor, cfg: IKConfig) -> IKResult:
     """Fit observed sequences (B, T, N, 3) frame by frame, with temporal smoothness."""
     shape = _coordinates(shape, cfg)
-    start = sequence.new_zeros(sequence.shape[0], shape.dims)
+    start = shape.start(sequence.shape[0]).to(sequence.dtype)
     frames = [_optimise(shape, sequence[:, 0], cfg, start, cfg.iterations)]
     for t in range(1, sequence.shape[1]):
         predicted = frames[-1] if t == 1 else 2 * frames[-1] - frames[-2]

@@ -146,6 +146,10 @@ class FloatingShape:
         """Vertices (B, V, 3) of coordinates s (B, dims)."""
         return vmap(lambda s, t: self.position_fn(t)(s), in_dims=(0, self.in_dims))(s, self.tensors)
 
+    def latents(self, s: torch.Tensor) -> torch.Tensor:
+        """z of the deformation coordinates of s (B, ..., dims)."""
+        return self.reduced.latents(s[..., RIGID:])
+
     def start(self, batch: int) -> torch.Tensor:
         """(B, dims) the rest state: the frame at M0's centre of mass, unturned, undeformed."""
         masses, rest = self.latent.masses, self.latent.rest
