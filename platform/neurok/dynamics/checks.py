@@ -50,7 +50,6 @@ class Scene:
     pokes: list[Poke] = field(default_factory=list)
     pinned: np.ndarray | None = None  # (V,) 1 on pinned vertices
     ground: bool = False
-    other_forces: bool = False  # wind, drag or damping of the rigid motion: momentum is not conserved
 
     @property
     def size(self) -> float:
@@ -193,7 +192,7 @@ def physics_checks(
     """Every check that applies to the scene, for one rollout: vertices and velocities (T, V, 3); `unpoked`
     is the same scene's vertices without its pokes, when the caller ran it (see poke_response)."""
     checks = [start_error(scene, vertices), energy_balance(energy_drift)]
-    unforced = not (scene.pokes or scene.pins or scene.ground or scene.other_forces)
+    unforced = not (scene.pokes or scene.pins or scene.ground)
     if unforced and np.linalg.norm(scene.gravity) > 0:
         checks.append(free_fall(scene, time, vertices, velocities))
     if unforced and not np.linalg.norm(scene.gravity) > 0:
