@@ -34,7 +34,6 @@ from neurok.dynamics import (
     IKConfig,
     PointForce,
     ReducedShape,
-    SimulatorConfig,
     checks,
     fit,
     rollout,
@@ -45,7 +44,7 @@ from neurok.errors import BadInputError, NeurokError
 from neurok.eval import metrics
 from neurok.eval.baselines import DeformationBank, NearestBaseline, PCABaseline, grid_anchors
 from neurok.eval.config import EvalConfig
-from neurok.eval.rollout_files import MeshRollout, reduced_model_shape, simulated_body
+from neurok.eval.rollout_files import MeshRollout, checked_scene, reduced_model_shape, simulated_body
 from neurok.model import NeuROK
 from neurok.model.diagnostics import latent_diagnostics
 from neurok.train.examples import ReconstructionExamples
@@ -283,33 +282,13 @@ def simulation(
         "latent_steps": float(sum(out.steps)),
     }
     result = MeshRollout.from_rollout(out, case.faces, case.center, case.scale)
-    result.checks = physics_checks(case, shape, sim, forcing, result)
+    scene = checked_scene(case.frames[0], shape.latent.masses, sim, forcing)
+    result.checks = checks.physics_checks(
+        scene, result.time, result.normalised, result.velocities, result.energy_drift
+    )
     values |= {f"check_{c.name.replace(' ', '_')}": c.value for c in result.checks}
     values["checks_passed"] = float(np.mean([c.passed for c in result.checks]))
     return values, horizon, result
-
-
-def physics_checks(
-    case: Case, shape: ReducedShape, sim: SimulatorConfig, forcing: Forcing, result: MeshRollout
-) -> list[checks.Check]:
-    """dynamics.checks of an eval rollout, in the model's units, under the case's recorded conditions."""
-    pokes = [
-        checks.Poke(w.double().numpy(), f.double().numpy(), float(t0), float(t1))
-        for w, f, t0, t1 in zip(
-            forcing.weights[0], forcing.force[0], forcing.start[0], forcing.end[0], strict=True
-        )
-    ]
-    scene = checks.Scene(
-        case.frames[0].astype(np.float64),
-        shape.latent.masses.double().numpy(),
-        np.asarray(sim.gravity, np.float64),
-        pokes,
-        forcing.pin[0].double().numpy(),
-        case.ground is not None,
-    )
-    return checks.physics_checks(
-        scene, result.time, result.normalised, result.velocities, result.energy_drift
-    )
 
 
 def mujoco_frames_per_s(store: Store, case: Case) -> float | None:

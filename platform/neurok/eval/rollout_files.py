@@ -223,23 +223,32 @@ def simulate_mesh(
     q0, qdot0 = solve_initial_state(shape, bc, dynamics.boundary)
     out = rollout(shape, q0, qdot0, sim, forcing)
     result = MeshRollout.from_rollout(out, np.asarray(faces), center, scale)
-    scene = checks.Scene(
-        rest.astype(np.float64),
-        masses.double().numpy(),
-        np.asarray(sim.gravity, np.float64),
-        [
-            checks.Poke(p.region.double().numpy(), np.asarray(p.force, np.float64), p.start, p.end)
-            for p in point_forces
-        ],
-        pinned.double().numpy(),
-        ground is not None,
-    )
+    scene = checked_scene(rest, masses, sim, forcing)
     unpoked = out.vertices[1].numpy() if twin else None
     result.checks = checks.physics_checks(
         scene, result.time, result.normalised, result.velocities, result.energy_drift, unpoked
     )
     result.absorbed = absorbed_shares(shape, q0[0], point_forces)
     return result
+
+
+def checked_scene(
+    rest: np.ndarray, masses: torch.Tensor, sim: SimulatorConfig, forcing: Forcing
+) -> checks.Scene:
+    """What acted on the first rollout of a batch, as dynamics.checks reads it (the model's units)."""
+    first = Forcing(*(t[0] for t in forcing))
+    pokes = [
+        checks.Poke(w.double().numpy(), f.double().numpy(), float(t0), float(t1))
+        for w, f, t0, t1 in zip(first.weights, first.force, first.start, first.end, strict=True)
+    ]
+    return checks.Scene(
+        np.asarray(rest, np.float64),
+        masses.double().numpy(),
+        np.asarray(sim.gravity, np.float64),
+        pokes,
+        first.pin.double().numpy(),
+        sim.ground is not None,
+    )
 
 
 def absorbed_shares(
@@ -257,8 +266,8 @@ def absorbed_shares(
     deformation = slice(RIGID, None) if isinstance(shape, FloatingShape) else slice(None)
     shares = []
     for force in forces:
-        field = force.region.double().numpy()[:, None] * np.asarray(force.force, np.float64)
         region = force.region.double().numpy()
+        field = region[:, None] * np.asarray(force.force, np.float64)
         shares.append(
             {
                 "all": checks.absorbed_share(J, masses, field),
