@@ -3,6 +3,8 @@
 shape       LatentShape: what the dynamics need from a model (a pure decoder, mu_cond, masses)
 reduction   active subspace: reduced coordinates q, z(q) = mu_cond + A^T q
 rigid       FloatingShape: the reduced shape carried by six rigid coordinates (falls, throws, spins)
+surrogate   an object's decoder fitted, for the simulator, as a small function of q (issue 16)
+cubature    the steps on a few weighted points of an object instead of all its vertices
 mechanics   the Lagrangian terms: metric, Christoffel term, potential, generalized forces
 integrators variational Stormer-Verlet in vertex space (symplectic, default) and RK4
 simulator   batched rollouts with energy bookkeeping and blow-up guards
@@ -10,7 +12,7 @@ forces      persistent external forces (point forces over a window, wind with dr
 conditions  initial boundary conditions (pokes, drags, velocity fields) -> (q0, q0')
 ik          inverse kinematics and tracking of observed point clouds
 checks      physics checks of a finished rollout (start, free fall, momentum, energy, pokes, pins, ground)
-config      typed configs (DynamicsConfig: reduction, simulator, boundary, ik)
+config      typed configs (DynamicsConfig: reduction, simulator, surrogate, cubature, boundary, ik)
 toys        small decoders with known structure, for tests and benchmarks
 """
 

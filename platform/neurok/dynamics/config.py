@@ -87,6 +87,37 @@ class SimulatorConfig:
 
 
 @dataclass
+class SurrogateConfig:
+    """The decoder replaced, for the simulator, by a function of q fitted per object (dynamics.surrogate)."""
+
+    enabled: bool = True  # off: every step evaluates the decoder itself (the reference path)
+    samples: int = 256  # decoder positions it is fitted to (a quarter of them with their Jacobians)
+    spread: float = 2.0  # q is sampled out to this many prior standard deviations
+    retain: float = 1 - 1e-6  # share of the sampled displacements' squared norm the modes B keep (float32
+    #                           Gram noise sits near 1e-7)
+    max_modes: int = 48  # r, at most
+    hidden: int = 256  # random tanh features of g
+    ridge: float = 1e-4  # relative ridge of the least-squares fit, on the features' weights
+    tolerance: float = 0.01  # largest held-out RMS vertex error (share of the object's size) accepted;
+    #                          past it the decoder itself is simulated, with a warning
+    chunk_size: int | None = 16  # decoder evaluations per vectorised batch while sampling (bounds memory)
+    seed: int = 0
+
+
+@dataclass
+class CubatureConfig:
+    """The steps on a few weighted points instead of every vertex (dynamics.cubature); needs the surrogate."""
+
+    enabled: bool = True  # off: every vertex steps (the reference path)
+    max_points: int = 192  # cubature points at most; an object with fewer vertices steps all of them
+    samples: int = 16  # sampled shapes whose floating-frame metric the weights reproduce
+    held_out: int = 4  # further samples the fit is checked on
+    spread: float = 2.0  # q is sampled out to this many prior standard deviations
+    candidates: int = 2000  # vertices (a random subset on bigger meshes) the points are chosen from
+    seed: int = 0
+
+
+@dataclass
 class BoundaryConfig:
     """Initial state (q0, q0') from prescribed vertex positions and velocities (paper s5.3)."""
 
@@ -114,5 +145,7 @@ class IKConfig:
 class DynamicsConfig:
     reduction: ReductionConfig = field(default_factory=ReductionConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+    cubature: CubatureConfig = field(default_factory=CubatureConfig)
     boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
     ik: IKConfig = field(default_factory=IKConfig)

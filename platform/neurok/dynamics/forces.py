@@ -89,6 +89,19 @@ class Forcing(NamedTuple):
             *(torch.stack(ts) for ts in list(zip(*items, strict=True))[4:]),
         )
 
+    def on_vertices(self, vertices: torch.Tensor) -> Forcing:
+        """The forces of some of the vertices (V',): every vertex a force or pin acts on must be there."""
+        return self._replace(
+            weights=self.weights[..., vertices],
+            pin=self.pin[..., vertices],
+            pin_position=self.pin_position[..., vertices, :],
+        )
+
+    def acted_on(self) -> torch.Tensor:
+        """(V,) bool: the vertices a point force or a pin acts on, in any rollout of the batch."""
+        weights = self.weights.reshape(-1, self.weights.shape[-1]).abs().amax(0)
+        return (weights > 0) | (self.pin.reshape(-1, self.pin.shape[-1]) > 0).any(0)
+
     def to(self, device: torch.device | str) -> Forcing:
         return Forcing(*(t.to(device) for t in self))
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from torch.func import vmap
 
 from neurok.dynamics.config import Integrator, SimulatorConfig
 from neurok.dynamics.forces import Forcing
@@ -145,6 +146,15 @@ def _frame(integrator, system: System, state, t0: float, steps: int, cfg: Simula
     return state
 
 
+def decoded(shape: ReducedShape | FloatingShape, frames: Frame) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every vertex's position and velocity (B, F, V, 3) at frames (B, F) of one object's coordinates."""
+    q, v = frames.q.flatten(0, 1), frames.qdot.flatten(0, 1)
+    with torch.no_grad():
+        x, J = vmap(shape.jacobian_fn(shape.tensors), chunk_size=8)(q)
+    velocities = torch.einsum("nvik,nk->nvi", J, v)
+    return x.unflatten(0, frames.q.shape[:2]), velocities.unflatten(0, frames.q.shape[:2])
+
+
 def physics_of(shape: ReducedShape | FloatingShape, cfg: SimulatorConfig, dtype, device) -> Physics:
     """The simulator config's physics for `shape`: spring constants from their frequencies."""
     pin, ground = 2 * math.pi * cfg.pin_frequency, 2 * math.pi * cfg.ground_frequency  # rad/s
@@ -168,9 +178,12 @@ def rollout(
     qdot0: torch.Tensor,
     cfg: SimulatorConfig,
     forcing: Forcing | None = None,
+    output: ReducedShape | FloatingShape | None = None,
 ) -> Rollout:
     """Integrate from (q0, q0') (B, k) for cfg.frames output frames.
 
+    `output`, when given, is the whole object of which `shape` is a cubature (dynamics.cubature): the
+    steps run on `shape`'s points, and the frames' vertices and velocities are decoded from `output`.
     `shape` is one object shared by the batch, or a stack of B objects; a FloatingShape adds the rigid
     frame (q0 then starts with its 6 coordinates). `forcing` is batched (B, ...); None means no external
     force. Each frame is integrated in equal steps, cfg.dt or finer: with cfg.max_omega_dt set, fine
@@ -221,5 +234,9 @@ def rollout(
             used.append(steps)
             frames.append(frame)
     stacked = Frame(*(torch.stack(f, dim=1) for f in zip(*frames, strict=True)))
+    if output is not None:
+        stacked = stacked._replace(
+            **dict(zip(("vertices", "velocities"), decoded(output, stacked), strict=True))
+        )
     time = torch.arange(cfg.frames + 1, dtype=dtype, device=device) / cfg.fps
     return Rollout(time, *stacked, used)

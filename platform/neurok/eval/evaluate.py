@@ -36,7 +36,6 @@ from neurok.dynamics import (
     ReducedShape,
     checks,
     fit,
-    rollout,
     solve_initial_state,
 )
 from neurok.dynamics.config import Space
@@ -253,7 +252,8 @@ def simulation(
     shape: ReducedShape, case: Case, sampler: metrics.SurfaceSampler, cfg: EvalConfig
 ) -> tuple[dict[str, float], list[float], MeshRollout | None]:
     bc, forcing, gravity = conditions_for(case, shape)
-    body, sim = simulated_body(shape, cfg.shape, cfg.dynamics)
+    prepared = simulated_body(shape, cfg.shape, cfg.dynamics, forcing, case.ground is not None)
+    body, sim = prepared.full, prepared.sim
     frame_dt = case.conditions["frame_dt"] or 1 / sim.fps
     horizon_frames = min(len(case.frames) - 1, sim.frames)  # simulator.frames caps the horizon (budget)
     sim = dataclasses.replace(
@@ -262,9 +262,13 @@ def simulation(
     try:
         q0, qdot0 = solve_initial_state(body, bc, cfg.dynamics.boundary)
         start = time.perf_counter()
-        out = rollout(body, q0, qdot0, sim, forcing)
+        out = prepared.run(q0, qdot0, sim, forcing)
         wall = time.perf_counter() - start
-        free = out if sim.damping == 0 else rollout(body, q0, qdot0, dataclasses.replace(sim, damping=0.0))
+        free = (
+            out
+            if sim.damping == 0
+            else prepared.run(q0, qdot0, dataclasses.replace(sim, damping=0.0), forcing)
+        )
     except NeurokError as exc:  # a blow-up is a result of the model, not a failure of the evaluation
         log.warning("%s: latent rollout failed: %s", case.name, exc)
         return {"rollout_failed": 1.0}, [], None
@@ -280,8 +284,11 @@ def simulation(
         "latent_frames_per_s": sim.frames / wall,
         "latent_frames": float(sim.frames),
         "latent_steps": float(sum(out.steps)),
+        "surrogate": float(prepared.decoder["decoder"] == "surrogate"),
+        **{f"surrogate_{k}": v for k, v in prepared.decoder.items() if isinstance(v, float)},
     }
     result = MeshRollout.from_rollout(out, case.faces, case.center, case.scale)
+    result.decoder = prepared.decoder
     scene = checked_scene(case.frames[0], shape.latent.masses, sim, forcing)
     result.checks = checks.physics_checks(
         scene, result.time, result.normalised, result.velocities, result.energy_drift

@@ -28,10 +28,12 @@ from neurok.dynamics import (
     SimulatorConfig,
     active_subspace,
     checks,
+    cubature,
     heavy_directions,
     region_near,
     rollout,
     solve_initial_state,
+    surrogate,
 )
 from neurok.dynamics.checks import Check
 from neurok.dynamics.from_model import latent_shape
@@ -105,18 +107,61 @@ def stiffness_for(shape: ReducedShape, frequency: float) -> float:
     return float((2 * np.pi * frequency) ** 2 * G.diagonal().mean())
 
 
+@dataclass
+class Body:
+    """What the simulator integrates for one object, and how it was prepared."""
+
+    full: ReducedShape | FloatingShape  # every vertex: the boundary solve and the output frames use it
+    stepped: ReducedShape | FloatingShape  # what the steps evaluate: `full`, or a cubature of it
+    points: torch.Tensor | None  # (n,) the vertices `stepped` has, None for all of them
+    sim: SimulatorConfig  # with the stiffness set for the shape
+    decoder: dict  # how it was prepared: which decoder the steps evaluate, its fit, the cubature's
+
+    def run(self, q0: torch.Tensor, qdot0: torch.Tensor, sim: SimulatorConfig, forcing: Forcing) -> Rollout:
+        """The rollout, stepped on the cubature when there is one, with every vertex at the frames."""
+        if self.points is None:
+            return rollout(self.full, q0, qdot0, sim, forcing)
+        return rollout(self.stepped, q0, qdot0, sim, forcing.on_vertices(self.points), output=self.full)
+
+
 def simulated_body(
-    shape: ReducedShape, shape_cfg: ModelShapeConfig, dynamics: DynamicsConfig
-) -> tuple[ReducedShape | FloatingShape, SimulatorConfig]:
+    shape: ReducedShape,
+    shape_cfg: ModelShapeConfig,
+    dynamics: DynamicsConfig,
+    forcing: Forcing | None = None,
+    ground: bool = False,
+) -> Body:
     """What the simulator integrates for an object's reduced space: its directions with inertia at rest
-    (simulator.min_inertia), carried by a rigid frame unless shape.rigid is off; and the simulator config
-    with the stiffness set for them."""
+    (simulator.min_inertia), through the object's surrogate decoder (dynamics.surrogate), carried by a
+    rigid frame unless shape.rigid is off, and stepped on a cubature (dynamics.cubature) unless a ground
+    plane needs every vertex. `forcing`'s vertices are stepped too."""
     with torch.no_grad():
         heavy = heavy_directions(shape, dynamics.simulator.min_inertia)
     sim = dynamics.simulator
     if shape_cfg.frequency > 0:
         sim = dataclasses.replace(sim, stiffness=stiffness_for(heavy, shape_cfg.frequency))
-    return (FloatingShape(heavy) if shape_cfg.rigid else heavy), sim
+    deformed, record = surrogate.prepare(heavy, dynamics.surrogate)
+    carried = FloatingShape if shape_cfg.rigid else (lambda s: s)
+    full = carried(deformed)
+    cfg = dynamics.cubature
+    if (
+        record["decoder"] != "surrogate"
+        or not cfg.enabled
+        or ground
+        or shape.latent.num_vertices <= cfg.max_points
+    ):
+        return Body(full, full, None, sim, record)
+    fitted = cubature.fit_cubature(deformed, cfg)
+    acted = (
+        torch.zeros(shape.latent.num_vertices, dtype=torch.bool) if forcing is None else forcing.acted_on()
+    )
+    acted[fitted.points] = False
+    extra = acted.nonzero().flatten().to(fitted.points.device)
+    points = torch.cat([fitted.points, extra])
+    masses = torch.cat([fitted.weights, fitted.weights.new_zeros(len(extra))])
+    stepped = carried(surrogate.on_vertices(deformed, points, masses))
+    record |= {f"cubature_{k}": v for k, v in fitted.as_dict().items()}
+    return Body(full, stepped, points, sim, record)
 
 
 def reduced_model_shape(
@@ -149,6 +194,7 @@ class MeshRollout:
     q: np.ndarray  # (T, k): the rigid frame's 6 coordinates first when the shape floats, then k_q
     energy_drift: float
     velocities: np.ndarray  # (T, V, 3) normalised units per second
+    decoder: dict = field(default_factory=dict)  # which decoder the steps evaluated (simulated_body)
     checks: list[Check] = field(default_factory=list)  # physics checks (dynamics.checks), when known
     absorbed: list[dict[str, float]] = field(default_factory=list)  # per poke: share the coordinates take
 
@@ -190,9 +236,7 @@ def simulate_mesh(
     center, scale = normalisation(vertices[None])
     rest = ((vertices - center) / scale).astype(np.float32)
     reduced = reduced_model_shape(model, rest, faces, shape_cfg, dynamics, seed)
-    shape, sim = simulated_body(reduced, shape_cfg, dynamics)
     ground = None if conditions.ground is None else (conditions.ground - center[1]) / scale
-    sim = dataclasses.replace(sim, gravity=[g / scale for g in conditions.gravity], ground=ground)
     dtype = reduced.basis.dtype
     rest_t = torch.from_numpy(rest).to(dtype)
 
@@ -215,14 +259,18 @@ def simulate_mesh(
             for forces in ([point_forces, []] if twin else [point_forces])
         ]
     )
+    body = simulated_body(reduced, shape_cfg, dynamics, forcing, ground is not None)
+    shape = body.full
+    sim = dataclasses.replace(body.sim, gravity=[g / scale for g in conditions.gravity], ground=ground)
     masses = reduced.latent.masses
     centroid = (masses @ rest_t) / masses.sum()
     spin = rest_t.new_tensor(conditions.spin).expand(len(rest), 3)
     velocity = rest_t.new_tensor(conditions.velocity) / scale + torch.linalg.cross(spin, rest_t - centroid)
     bc = BoundaryConditions.stack([BoundaryConditions.velocity_field(velocity)] * forcing.force.shape[0])
     q0, qdot0 = solve_initial_state(shape, bc, dynamics.boundary)
-    out = rollout(shape, q0, qdot0, sim, forcing)
+    out = body.run(q0, qdot0, sim, forcing)
     result = MeshRollout.from_rollout(out, np.asarray(faces), center, scale)
+    result.decoder = body.decoder
     scene = checked_scene(rest, masses, sim, forcing)
     unpoked = out.vertices[1].numpy() if twin else None
     result.checks = checks.physics_checks(
@@ -296,7 +344,7 @@ def write_rollout(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {"npz": out / "rollout.npz"}
-    report = ("energy_drift", "checks", "absorbed")
+    report = ("energy_drift", "decoder", "checks", "absorbed")
     arrays = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in report}
     if truth is not None:
         arrays["truth"] = truth
@@ -306,6 +354,7 @@ def write_rollout(
         checks_report = {
             "checks": [dataclasses.asdict(c) | {"passed": c.passed} for c in result.checks],
             "absorbed": result.absorbed,
+            "decoder": result.decoder,
         }
         files["checks"].write_text(json.dumps(checks_report, indent=2))
     if render.obj:
