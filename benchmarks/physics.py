@@ -5,7 +5,7 @@ momentum), a poke, pinned under gravity, dropped on a ground plane, and a long u
 (energy over 240 steps, alone and batched is covered by tests). Each scene prints its checks (target,
 value, verdict), and the table goes to benchmarks/results/physics.{json,md}.
 
-Usage: python benchmarks/physics.py MODEL [--frames 60] [--rigid true|false]
+Usage: python benchmarks/physics.py MODEL [--frames 60] [--rigid true|false] [key=value ...]
 (MODEL: a checkpoint, a pulled model folder or models:/NAME@ALIAS)
 """
 
@@ -55,12 +55,17 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--rigid", default="true")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="SimulateConfig key=value (dynamics.surrogate.enabled=false: the reference path)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, settings = model_files(args.model, tmp)
         model = load_model(checkpoint)
-        overrides = [f"dynamics.simulator.frames={args.frames}", f"shape.rigid={args.rigid}"]
+        overrides = [f"dynamics.simulator.frames={args.frames}", f"shape.rigid={args.rigid}", *args.overrides]
         cfg = load_config(SimulateConfig, config_path(settings, "simulate"), overrides)
     rows = []
     for mesh_name, (vertices, faces) in meshes().items():
