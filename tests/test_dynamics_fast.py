@@ -142,3 +142,11 @@ def test_a_cubature_rollout_follows_the_all_vertex_rollout(surrogate_body):
     drop = reference.vertices[0, -1, :, 1].mean() - reference.vertices[0, 0, :, 1].mean()
     assert drop < -0.2  # it fell: the comparison is over a motion, not a rest state
     assert fast.energy_drift().max() < 0.02
+
+
+def test_acted_on_with_no_force_is_the_pinned_vertices():
+    pin = torch.zeros(30)
+    pin[[3, 7]] = 1
+    forcing = Forcing.stack([Forcing.build(30, pin=pin, pin_position=torch.zeros(30, 3))] * 2)
+    assert forcing.weights.shape == (2, 0, 30)
+    assert forcing.acted_on().nonzero().flatten().tolist() == [3, 7]

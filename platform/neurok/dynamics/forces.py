@@ -99,8 +99,8 @@ class Forcing(NamedTuple):
 
     def acted_on(self) -> torch.Tensor:
         """(V,) bool: the vertices a point force or a pin acts on, in any rollout of the batch."""
-        weights = self.weights.reshape(-1, self.weights.shape[-1]).abs().amax(0)
-        return (weights > 0) | (self.pin.reshape(-1, self.pin.shape[-1]) > 0).any(0)
+        forced = self.weights.reshape(-1, self.weights.shape[-1]).ne(0).any(0)  # False with no force
+        return forced | (self.pin.reshape(-1, self.pin.shape[-1]) > 0).any(0)
 
     def to(self, device: torch.device | str) -> Forcing:
         return Forcing(*(t.to(device) for t in self))
