@@ -125,11 +125,7 @@ def test_a_cubature_rollout_follows_the_all_vertex_rollout(surrogate_body):
     V = surrogate_body.latent.num_vertices
     region = (surrogate_body.latent.rest[:, 0] > 0.4).to(torch.float32)
     forcing = Forcing.stack([Forcing.build(V, [PointForce(region, [-2.0, 0.0, 0.0], 0.0, 0.1)])])
-    acted = forcing.acted_on()
-    acted[cub.points] = False
-    extra = acted.nonzero().flatten()
-    points = torch.cat([cub.points, extra])
-    masses = torch.cat([cub.weights, cub.weights.new_zeros(len(extra))])
+    points, masses = cub.stepped(forcing.acted_on())
     full = FloatingShape(surrogate_body)
     stepped = FloatingShape(on_vertices(surrogate_body, points, masses))
     cfg = SimulatorConfig(frames=20, gravity=[0.0, -9.81, 0.0], stiffness=0.5)

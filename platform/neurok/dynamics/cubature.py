@@ -31,7 +31,7 @@ import torch
 from torch.func import vmap
 
 from neurok.dynamics.config import CubatureConfig
-from neurok.dynamics.rigid import hat
+from neurok.dynamics.rigid import RIGID, hat
 from neurok.dynamics.shape import ReducedShape
 from neurok.errors import NeurokError
 
@@ -45,6 +45,14 @@ class Cubature:
 
     def as_dict(self) -> dict[str, float]:
         return {"points": float(len(self.points)), "metric_error": self.metric_error, "seconds": self.seconds}
+
+    def stepped(self, acted_on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vertices a rollout steps (n',) and their masses: the cubature's points with their weights,
+        then every other vertex a force or pin acts on (acted_on (V,) bool) with none (module docstring)."""
+        extra = acted_on.clone()
+        extra[self.points] = False
+        extra = extra.nonzero().flatten().to(self.points.device)
+        return torch.cat([self.points, extra]), torch.cat([self.weights, self.weights.new_zeros(len(extra))])
 
 
 def frame_rows(x: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
@@ -80,7 +88,7 @@ def fit_cubature(shape: ReducedShape, cfg: CubatureConfig) -> Cubature:
     with torch.no_grad():
         terms = metric_terms(shape, q.to(masses.device)).double().cpu()  # (N, V, E)
     full = torch.einsum("v,nve->ne", masses.double().cpu(), terms)  # (N, E)
-    k = int(round((np.sqrt(8 * terms.shape[-1] + 1) - 1) / 2))
+    k = RIGID + shape.dims
     rows, cols = torch.triu_indices(k, k)
     diagonal = full[:, rows == cols]  # (N, k), in upper-triangle order of the diagonal entries
     scale = (diagonal[:, rows] * diagonal[:, cols]).clamp_min(1e-30).sqrt()

@@ -52,16 +52,6 @@ def coefficients(net: Network, q: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return q @ net.L.mT + (h - torch.tanh(net.b)) @ net.W.mT, net.L + net.W @ slope
 
 
-def _features(A: torch.Tensor, b: torch.Tensor, q: torch.Tensor, q_j: torch.Tensor):
-    """The design rows of g's linear parameters [L, W]: values (N, k + h) at q, derivatives (N_J k, k + h)
-    at q_j."""
-    values = torch.cat([q, torch.tanh(q @ A.mT + b) - torch.tanh(b)], -1)
-    h = torch.tanh(q_j @ A.mT + b)
-    eye = torch.eye(q.shape[-1], dtype=q.dtype).expand(len(q_j), -1, -1)
-    slopes = torch.cat([eye, (1 - h.square()).unsqueeze(-1) * A], 1)  # (N_J, k + h, k)
-    return values, slopes.mT.flatten(0, 1)
-
-
 class SurrogateContext(NamedTuple):
     """The decode_fn context of a surrogate (a pytree of tensors: stackable and vmap-able)."""
 
@@ -181,7 +171,10 @@ def fit_network(
     A = torch.randn(h, k, generator=generator, dtype=torch.float64) / cfg.spread
     b = (2 * torch.rand(h, generator=generator, dtype=torch.float64) - 1) * 1.5
     c_scale, dc_scale = c.square().mean().sqrt().clamp_min(1e-30), dc.square().mean().sqrt().clamp_min(1e-30)
-    values, slopes = _features(A, b, q, q_j)
+    # g is linear in [L, W]: its design rows are g and dg/dq of the network whose [L, W] is the identity
+    eye = torch.eye(k + h, dtype=torch.float64)
+    unit = Network(eye[:, :k], A, b, eye[:, k:])
+    values, slopes = coefficients(unit, q)[0], coefficients(unit, q_j)[1].mT.flatten(0, 1)
     X = torch.cat([values / c_scale, slopes / dc_scale])
     Y = torch.cat([c / c_scale, dc.mT.flatten(0, 1) / dc_scale])
     gram = X.mT @ X

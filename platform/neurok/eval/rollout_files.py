@@ -155,10 +155,7 @@ def simulated_body(
     acted = (
         torch.zeros(shape.latent.num_vertices, dtype=torch.bool) if forcing is None else forcing.acted_on()
     )
-    acted[fitted.points] = False
-    extra = acted.nonzero().flatten().to(fitted.points.device)
-    points = torch.cat([fitted.points, extra])
-    masses = torch.cat([fitted.weights, fitted.weights.new_zeros(len(extra))])
+    points, masses = fitted.stepped(acted)
     stepped = carried(surrogate.on_vertices(deformed, points, masses))
     record |= {f"cubature_{k}": v for k, v in fitted.as_dict().items()}
     return Body(full, stepped, points, sim, record)
