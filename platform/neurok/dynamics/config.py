@@ -64,10 +64,17 @@ class SimulatorConfig:
     damping: float = 0.0  # c in the Rayleigh force -c G q', 1/s; 0 conserves energy
     gravity: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # m/s^2, y-up; Earth: [0, -9.81, 0]
     max_omega_dt: float = 0.2  # refine dt so the fastest mode's omega dt is at most this; 0: use dt as is
+    support: float | None = 2.0  # a wall keeps |q| (the deformation's coordinates) within support sqrt(k_q)
+    #                              prior deviations, where the surrogate is fitted (surrogate.spread); None:
+    #                              no wall
+    support_frequency: float = 30.0  # Hz: the wall's stiffness per unit of q's mean inertia at the start, as
+    #                                  stiff as the pins: past it the vertices move ~g / (2 pi f)^2
     eps: float = 1e-6  # metric regulariser: solve with G + eps tr(G)/k_q I
     min_inertia: float = 1e-2  # simulate the reduced space's directions whose inertia at rest is at least
     #                            this share of the largest: a lighter one is a mode of almost no mass, too
     #                            fast for any affordable step (dynamics.reduction.heavy_directions)
+    min_motion: float = 1e-4  # and whose prior deviation moves the vertices by at least this share of the
+    #                           object's radius of gyration (RMS): float32 noise is ~1e-7 (0: keep them)
     max_energy_error: float = 0.5  # guard: stop when |E - E0 - W| exceeds this share of (max T + |W|)
     pin_frequency: float = 30.0  # Hz: the pins hold the whole object as a spring of this frequency: a sag
     #                              of g / (2 pi f)^2 = 0.3 mm at 30 Hz (20 Hz let a 1 m object hung by its

@@ -3,6 +3,7 @@
     x(q) = D(mu_cond + A^T q)               decoded vertices, (V, 3) (or a floating frame's: rigid.py)
     T = 1/2 q'^T G q',  G = J^T M J         kinetic energy and metric, J = dx/dq, M = vertex masses
     V = kappa/2 |P q|^2 + sum_v U_v(x_v)    negative log prior (restoring) on the elastic coordinates P,
+        + k_s/2 max(0, |P q| - r)^2         and a wall where the prior's support ends (|P q| = r),
         U_v = -m_v g . x_v                  gravity (y-up g),
             + k_pin/2 m_v |x_v - p_v|^2     pins: a stiff, damped spring to where each vertex is held,
             + k_g/2 m_v min(0, y_v - h)^2   a ground plane at height h (penalty contact)
@@ -42,6 +43,8 @@ class Physics(NamedTuple):
     ground: float = -math.inf  # height of a ground plane y = h, -inf for none
     ground_stiffness: float = 0.0  # 1/s^2: k_g per unit mass of a vertex below the plane
     ground_damping: float = 0.0  # 1/s: a vertex below the plane feels -m_v c_g x'_v (impact and friction)
+    support: float = math.inf  # r: |P q| past which the wall acts (the latents the decoder was trained on)
+    support_stiffness: float = 0.0  # k_s
 
 
 def curvature(position: Position, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -103,21 +106,50 @@ def vertex_potential(
     return energy, -masses[:, None] * physics.gravity + pins[:, None] * stretch + up
 
 
+def _beyond_support(physics: Physics, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """max(0, |P q| - r) and P q / |P q|: how far and which way the coordinates are past the support."""
+    elastic = physics.elastic * q
+    norm = elastic.norm()
+    return (norm - physics.support).clamp_min(0), elastic / norm.clamp_min(torch.finfo(q.dtype).tiny)
+
+
+def prior_potential(physics: Physics, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The negative log prior with its support wall, and its gradient in q (k,).
+
+    Why a wall: a decoder is only trained (and its surrogate only fitted) near the prior, and the prior's
+    restoring force kappa is set per unit of the metric (shape.frequency). Where the decoder barely moves
+    the vertices, kappa is tiny and a pin or a poke pushed q hundreds of prior deviations out, where the
+    decoded shape is noise and the rollout blew up. The wall keeps q where the shapes are learned."""
+    past, direction = _beyond_support(physics, q)
+    energy = (
+        0.5 * physics.stiffness * (physics.elastic * q.square()).sum()
+        + 0.5 * physics.support_stiffness * past.square()
+    )
+    gradient = physics.stiffness * physics.elastic * q + physics.support_stiffness * past * direction
+    return energy, gradient
+
+
 def potential(
     physics: Physics, forcing: Forcing, masses: torch.Tensor, q: torch.Tensor, x: torch.Tensor
 ) -> torch.Tensor:
-    prior = 0.5 * physics.stiffness * (physics.elastic * q.square()).sum()
-    return prior + vertex_potential(physics, forcing, masses, x)[0]
+    return prior_potential(physics, q)[0] + vertex_potential(physics, forcing, masses, x)[0]
 
 
 def stiffness_matrix(
-    physics: Physics, forcing: Forcing, masses: torch.Tensor, x: torch.Tensor, J: torch.Tensor
+    physics: Physics,
+    forcing: Forcing,
+    masses: torch.Tensor,
+    q: torch.Tensor,
+    x: torch.Tensor,
+    J: torch.Tensor,
 ) -> torch.Tensor:
     """K (k, k): the potential's Hessian in q, Gauss-Newton for the vertex terms, with every vertex within
-    0.1 of the ground counted as touching it (a fall reaches it within a frame). For the step size."""
+    0.1 of the ground counted as touching it (a fall reaches it within a frame), and the support wall
+    counted from 0.8 of its radius on. For the step size."""
     near = (x[:, 1] - physics.ground < 0.1).to(x.dtype)
     springs = physics.pin_stiffness * _pin_mass(forcing, masses) + physics.ground_stiffness * masses * near
-    prior = physics.stiffness * torch.ones_like(J[0, 0]) * physics.elastic
+    walled = (physics.elastic * q).norm() > 0.8 * physics.support
+    prior = (physics.stiffness + physics.support_stiffness * walled) * torch.ones_like(q) * physics.elastic
     return torch.diag(prior) + torch.einsum("vik,v,vil->kl", J, springs, J)
 
 
@@ -143,7 +175,7 @@ def terms_from_jacobian(
     """The terms at (q, v) given x and J there: einsums only, no decoder evaluation."""
     G = metric(J, masses)
     elastic = physics.elastic * torch.ones_like(q)
-    grad_V = physics.stiffness * elastic * q + torch.einsum(
+    grad_V = prior_potential(physics, q)[1] + torch.einsum(
         "vik,vi->k", J, vertex_potential(physics, forcing, masses, x)[1]
     )
     xdot = torch.einsum("vik,k->vi", J, v)
@@ -192,7 +224,7 @@ class System:
             0,
         )
         self._stiffness = self._batched(
-            lambda x, J, f, s: stiffness_matrix(physics, f, s.masses, x, J), 0, 0, 0
+            lambda q, x, J, f, s: stiffness_matrix(physics, f, s.masses, q, x, J), 0, 0, 0, 0
         )
         self._coriolis = self._batched(lambda J, q, v, s: coriolis(position(s), s.masses, J, q, v), 0, 0, 0)
 
@@ -232,8 +264,8 @@ class System:
     def potential(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self._potential(q, x, self.forcing)
 
-    def stiffness(self, x: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
-        return self._stiffness(x, J, self.forcing)
+    def stiffness(self, q: torch.Tensor, x: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+        return self._stiffness(q, x, J, self.forcing)
 
     def terms(self, q: torch.Tensor, v: torch.Tensor, t: float) -> Terms:
         return self.terms_from_jacobian(*self.jacobian(q), q, v, t)

@@ -126,14 +126,15 @@ class Step(NamedTuple):
 
 
 def without_light_modes(
-    basis: torch.Tensor, jacobian: torch.Tensor, masses: torch.Tensor, min_inertia: float
+    basis: torch.Tensor, jacobian: torch.Tensor, masses: torch.Tensor, min_inertia: float, floor: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """basis (n, k) and its dx/dq (V, 3, n), less the eigen-directions of G = J^T M J whose inertia is
-    below min_inertia of the largest (the rest rotated to G's eigenvectors); unchanged when none is."""
-    if min_inertia <= 0:
+    below min_inertia of the largest or below `floor` (the rest rotated to G's eigenvectors); unchanged
+    when none is."""
+    if min_inertia <= 0 and floor <= 0:
         return basis, jacobian
     inertia, rotation = torch.linalg.eigh(metric(jacobian, masses))
-    heavy = inertia >= min_inertia * inertia[-1]
+    heavy = inertia >= max(min_inertia * inertia[-1].item(), floor)
     if heavy.all():
         return basis, jacobian
     rotation = rotation[:, heavy]
@@ -187,12 +188,19 @@ def keeps_the_shapes(step: Step, cfg: ReductionConfig, cap: int) -> bool:
     return step.dims >= cap or (step.dims >= cfg.min_dims and bool(step.retained >= cfg.retain))
 
 
-def heavy_directions(shape: ReducedShape, min_inertia: float) -> ReducedShape:
+def heavy_directions(shape: ReducedShape, min_inertia: float, min_motion: float = 0.0) -> ReducedShape:
     """The directions of one object's reduced space that carry inertia at rest, for the simulator: those
     of G's eigen-directions at q = 0 with at least min_inertia of the largest inertia (the module
-    docstring's light modes: IK may use them, no affordable time step resolves them)."""
+    docstring's light modes: IK may use them, no affordable time step resolves them), and that move the
+    vertices by at least min_motion of the object's radius of gyration (RMS) per prior deviation: a
+    direction the decoder barely moves is float noise to the steps, and no restoring force or wall holds
+    a coordinate of no inertia (a weak model's q wandered hundreds of deviations out). None may be left:
+    the object is then rigid."""
     J = shape.jacobian_fn(shape.tensors)(shape.basis.new_zeros(shape.dims))[1]
-    basis, _ = without_light_modes(shape.basis, J, shape.latent.masses, min_inertia)
+    masses, rest = shape.latent.masses, shape.latent.rest
+    centre = masses @ rest / masses.sum()
+    gyration = masses @ (rest - centre).square().sum(-1)  # M r_g^2
+    basis, _ = without_light_modes(shape.basis, J, masses, min_inertia, min_motion**2 * float(gyration))
     return ReducedShape(shape.latent, basis)
 
 

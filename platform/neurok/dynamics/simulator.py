@@ -172,6 +172,19 @@ def physics_of(shape: ReducedShape | FloatingShape, cfg: SimulatorConfig, dtype,
     )
 
 
+def with_support(physics: Physics, cfg: SimulatorConfig, G: torch.Tensor) -> Physics:
+    """`physics` with the wall at the prior's support (cfg.support), its stiffness set from the metric G
+    (B, k, k) at the start: the deformation's mean inertia times (2 pi cfg.support_frequency)^2."""
+    if cfg.support is None:
+        return physics
+    elastic = torch.as_tensor(physics.elastic, dtype=G.dtype, device=G.device).expand(G.shape[-1])
+    inertia = (G.diagonal(dim1=-2, dim2=-1) * elastic).sum(-1).mean() / elastic.sum().clamp_min(1)
+    return physics._replace(
+        support=cfg.support * math.sqrt(float(elastic.sum())),
+        support_stiffness=float(inertia) * (2 * math.pi * cfg.support_frequency) ** 2,
+    )
+
+
 def rollout(
     shape: ReducedShape | FloatingShape,
     q0: torch.Tensor,
@@ -195,7 +208,11 @@ def rollout(
     batch, dtype, device = q0.shape[0], q0.dtype, q0.device
     if forcing is None:
         forcing = Forcing.stack([Forcing.build(shape.latent.num_vertices, dtype=dtype)] * batch)
-    system = System(shape, physics_of(shape, cfg, dtype, device), forcing.to(device))
+    physics, forcing = physics_of(shape, cfg, dtype, device), forcing.to(device)
+    with torch.no_grad():
+        start = System(shape, physics, forcing)
+        physics = with_support(physics, cfg, start.metric(start.jacobian(q0)[1]))
+    system = System(shape, physics, forcing)
     integrators = {
         Integrator.variational: lambda: Variational(cfg.solver_iterations, cfg.solver_tol),
         Integrator.rk4: RK4,
@@ -214,7 +231,7 @@ def rollout(
         frame, G, J = observe(state)
         frames, used = [frame], []
         for f in range(cfg.frames):
-            steps = steps_per_frame(cfg, fastest_mode(G, system.stiffness(frame.vertices, J)))
+            steps = steps_per_frame(cfg, fastest_mode(G, system.stiffness(frame.q, frame.vertices, J)))
             while True:
                 try:
                     new = _frame(integrator, system, state, f / cfg.fps, steps, cfg)

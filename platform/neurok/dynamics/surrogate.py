@@ -186,11 +186,30 @@ def fit_network(
     return Network(linear[:, :k], A, b, linear[:, k:])
 
 
+def rigid_surrogate(shape: ReducedShape) -> ReducedShape:
+    """The surrogate of a shape with no deformation coordinates (k_q = 0): x = x(0), without a decode."""
+    latent, empty = shape.latent, shape.basis.new_zeros(0, 0)
+    with torch.no_grad():
+        rest = shape.position_fn(shape.tensors)(shape.basis.new_zeros(0))
+    context = SurrogateContext(
+        latent.mu_cond,
+        shape.basis,
+        Network(empty, empty, empty.new_zeros(0), empty),
+        rest.new_zeros(*rest.shape, 0),
+        rest,
+    )
+    return ReducedShape(
+        LatentShape(SURROGATE, context, latent.mu_cond, latent.masses, latent.rest), shape.basis
+    )
+
+
 def surrogate_shape(shape: ReducedShape, cfg: SurrogateConfig) -> tuple[ReducedShape, SurrogateFit]:
     """The surrogate of one object's reduced shape (same q, same masses and rest mesh), with its fit."""
     if shape.batch_size is not None:
         raise NeurokError("surrogate_shape fits one object; fit a stack's objects one at a time")
     start = time.perf_counter()
+    if shape.dims == 0:
+        return rigid_surrogate(shape), SurrogateFit(0, 0, 0.0, 0.0, time.perf_counter() - start)
     generator = torch.Generator().manual_seed(cfg.seed)
     held_out = max(cfg.samples // 8, 2)
     with torch.no_grad():

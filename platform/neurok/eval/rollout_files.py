@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ from neurok.eval.config import ModelShapeConfig, RenderConfig
 from neurok.eval.render import render_frames, write_video
 from neurok.eval.viewer import write_viewer
 from neurok.model import NeuROK
+
+log = logging.getLogger(__name__)
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _POKE = re.compile(
@@ -136,11 +139,18 @@ def simulated_body(
     rigid frame unless shape.rigid is off, and stepped on a cubature (dynamics.cubature) unless a ground
     plane needs every vertex. `forcing`'s vertices are stepped too."""
     with torch.no_grad():
-        heavy = heavy_directions(shape, dynamics.simulator.min_inertia)
+        heavy = heavy_directions(shape, dynamics.simulator.min_inertia, dynamics.simulator.min_motion)
     sim = dynamics.simulator
-    if shape_cfg.frequency > 0:
+    if shape_cfg.frequency > 0 and heavy.dims > 0:
         sim = dataclasses.replace(sim, stiffness=stiffness_for(heavy, shape_cfg.frequency))
+    if heavy.dims == 0:
+        log.warning(
+            "none of the %d reduced directions moves this mesh by dynamics.simulator.min_motion of its size "
+            "per prior deviation: the object is rigid to this model",
+            shape.dims,
+        )
     deformed, record = surrogate.prepare(heavy, dynamics.surrogate)
+    record["deformation_dims"] = heavy.dims
     carried = FloatingShape if shape_cfg.rigid else (lambda s: s)
     full = carried(deformed)
     cfg = dynamics.cubature
