@@ -72,11 +72,12 @@ class Variational:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q with J_n^T M (x(q) - x_n) = target, and x, J there, by a quasi-Newton iteration from the guess
         q: its slope J_n^T M J(q) starts at G_n and improves by Broyden's secant updates (superlinear for
-        small k_q). A point likely to be the answer (the first iterate, or one reached by a small step) is
-        evaluated with its Jacobian, which the next step needs anyway, and accepted when the correction
-        it asks for is within tolerance: a typical step costs one decode and one Jacobian."""
-        slope, J = regularised(state.G, system.physics.eps), None
-        x = system.position(q)
+        small k_q). A point likely to be the answer (the guess, the first iterate, or one reached by a
+        small step) is evaluated with its Jacobian, which the next step needs anyway, and accepted when
+        the correction it asks for is within tolerance: a typical step costs one Jacobian (the guess,
+        second order in dt, is usually within tolerance)."""
+        slope = regularised(state.G, system.physics.eps)
+        x, J = system.jacobian(q)
         residual = system.pullback(state.J, x - state.x) - target
         for i in range(self.max_iterations):
             step, singular = torch.linalg.solve_ex(slope, -residual)
@@ -86,7 +87,7 @@ class Variational:
             change = (step * matvec(state.G, step)).sum(-1).div(system.total_mass).sqrt()
             small = not change.max() > self.tol  # a NaN counts as small: the simulator catches the state
             if small and J is not None:  # to first order in the small step: x to second order, J to first
-                return q + step, x + torch.einsum("bvik,bk->bvi", J, step), J
+                return q + step, x + (J @ step[:, None, :, None]).squeeze(-1), J
             q = q + step
             x, J = system.jacobian(q) if i == 0 or small else (system.position(q), None)
             new = system.pullback(state.J, x - state.x) - target

@@ -97,7 +97,7 @@ def floating_jacobian(
     # d(R y)/d theta = -hat(R y) J_l(theta): column i is J_l[:, i] x (R y)
     J_theta = torch.linalg.cross(left_jacobian(s[3:RIGID]).T[None], turned[:, None, :]).transpose(1, 2)
     J_c = torch.eye(3, dtype=x.dtype, device=x.device).expand(x.shape[0], 3, 3)
-    return s[:3] + turned, torch.cat([J_c, J_theta, torch.einsum("ij,vjk->vik", R, Jy)], dim=-1)
+    return s[:3] + turned, torch.cat([J_c, J_theta, R @ Jy], dim=-1)
 
 
 @dataclass(frozen=True)

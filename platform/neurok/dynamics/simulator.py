@@ -139,10 +139,11 @@ def _frame(integrator, system: System, state, t0: float, steps: int, cfg: Simula
                 f"iterations ({exc}, tolerance simulator.solver_tol = {cfg.solver_tol:g})"
             )
             raise _StepFailed(i, t, what, (exc.residual > cfg.solver_tol).nonzero().flatten()) from None
-        batch = state.q.shape[0]
-        bad = ~torch.stack([torch.isfinite(x).reshape(batch, -1).all(1) for x in state], 1).all(1)
-        if bad.any():
-            raise _StepFailed(i, t, "the state is not finite", bad.nonzero().flatten())
+    # once a frame, not a step: a non-finite value stays so (or stops the position solve first)
+    batch = state.q.shape[0]
+    bad = ~torch.stack([torch.isfinite(x).reshape(batch, -1).all(1) for x in state], 1).all(1)
+    if bad.any():
+        raise _StepFailed(steps, t0 + steps * dt, "the state is not finite", bad.nonzero().flatten())
     return state
 
 
