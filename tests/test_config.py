@@ -43,3 +43,5 @@ def test_bad_override_names_the_override():
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(Recipe, tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=f"{tmp_path}: is a folder; give the pipeline's YAML file"):
+        load_config(Recipe, tmp_path)

@@ -103,7 +103,7 @@ def test_predict_any_vertex_count(registry):
     assert meta.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.model"  # a pyfunc, not pt2
 
 
-def test_worse_challenger_keeps_the_champion(registry):
+def test_worse_challenger_keeps_the_champion(registry, capsys):
     uri, client = registry["uri"], MlflowClient(registry["uri"])
     worse = registry["add"]({**GOOD, "test/chamfer_l1": 0.2})
     assert str(client.get_model_version_by_alias("neurok", CHALLENGER).version) == worse
@@ -124,6 +124,10 @@ def test_worse_challenger_keeps_the_champion(registry):
     assert old["champion.replaced_by"] == better and old["champion.until"]
     assert main(["registry", "promote", f"neurok/{worse}"]) == 1  # still worse than the new champion
     assert main(["registry", "list", "neurok"]) == 0
+    capsys.readouterr()
+    assert main(["registry", "list", "neurok", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert {str(r["version"]) for r in listed} >= {registry["v1"], worse, better}
     # restore version 1 as champion for the tests that follow
     client.set_registered_model_alias("neurok", CHAMPION, registry["v1"])
 
@@ -229,3 +233,13 @@ def test_serve_answers_http(registry):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
+
+
+def test_list_json_is_strict_json_when_a_metric_is_not_finite():
+    from neurok.cli.registry import _finite_or_null
+
+    rows = [{"version": "3", "metrics": {"test/energy_drift": float("inf"), "test/chamfer_l1": 0.1}}]
+    text = json.dumps(_finite_or_null(rows), allow_nan=False)
+    assert json.loads(text) == [
+        {"version": "3", "metrics": {"test/energy_drift": None, "test/chamfer_l1": 0.1}}
+    ]

@@ -83,3 +83,19 @@ def test_poke_syntax():
     assert parse_poke("0,0,0:1,0,0").end == 0.1
     with pytest.raises(BadInputError, match="x,y,z:fx,fy,fz"):
         parse_poke("0,0:1,0,0")
+
+
+def test_missing_mesh_is_reported_before_the_model_loads(tmp_path, capsys):
+    missing = tmp_path / "nope.obj"
+    # the model path does not exist either: the mesh is checked first, so its error is the one printed
+    argv = [
+        "simulate",
+        "--model",
+        str(tmp_path / "none.ckpt"),
+        "--mesh",
+        str(missing),
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) != 0
+    assert f"--mesh {missing}: no such file" in capsys.readouterr().err

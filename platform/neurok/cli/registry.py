@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -43,8 +44,8 @@ def _list(args: argparse.Namespace) -> int:
     from neurok.track.registry import list_versions
 
     rows = list_versions(_uri(), args.name)
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    if args.json:  # strict JSON: a metric that is not finite (a drift of inf) is null
+        print(json.dumps(_finite_or_null(rows), indent=2, allow_nan=False))
         return 0
     print(f"{'version':>7}  {'aliases':<22} {'decision':<9} {'champion from':<25} metrics")
     for r in rows:
@@ -52,6 +53,17 @@ def _list(args: argparse.Namespace) -> int:
         aliases = ",".join(r["aliases"])
         print(f"{r['version']:>7}  {aliases:<22} {r['decision']:<9} {r['champion_from']:<25} {metrics}")
     return 0
+
+
+def _finite_or_null(value):
+    """value with every float that is not finite replaced by None, through lists and dicts."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _promote(args: argparse.Namespace) -> int:

@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from neurok.track.registry import model_files
     from neurok.train.checkpoint import load_model
 
+    if not Path(args.mesh).is_file():  # before the model loads (tens of seconds)
+        raise BadInputError(f"--mesh {args.mesh}: no such file")
     if args.frames is not None and args.frames < 1:
         raise BadInputError(f"--frames must be >= 1, got {args.frames}")
     overrides = list(args.overrides) + ([f"dynamics.simulator.frames={args.frames}"] if args.frames else [])

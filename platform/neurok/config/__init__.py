@@ -45,6 +45,10 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     cfg = OmegaConf.structured(schema)
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(
+                f"{path}: is a folder; give the pipeline's YAML file, e.g. pipelines/train.yaml"
+            )
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
