@@ -78,8 +78,11 @@ def object_rows(model, store: Store, cfg: EvalConfig) -> list[dict]:
     return rows
 
 
-def predict_rows(model, sizes: list[int]) -> list[dict]:
-    cfg = load_config(SimulateConfig, "pipelines/simulate.yaml", [])
+def predict_rows(model, sizes: list[int], overrides: list[str]) -> list[dict]:
+    """`overrides`: the dynamics.* and shape.* ones of the command line (EvalConfig and SimulateConfig share
+    those sections)."""
+    shared = [o for o in overrides if o.startswith(("dynamics.", "shape."))]
+    cfg = load_config(SimulateConfig, "pipelines/simulate.yaml", shared)
     rows = []
     for target in sizes:
         subdivisions = max(1, round(np.log((target - 2) / 10) / np.log(4)))
@@ -128,7 +131,11 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", help="a generated store: the per-object-type rows (skipped without)")
     parser.add_argument("--sizes", default="1000,10000,100000", help="predict-path vertex counts ('' skips)")
-    parser.add_argument("overrides", nargs="*", help="EvalConfig key=value")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="EvalConfig key=value (the dynamics.* and shape.* ones reach the predict path)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -138,7 +145,7 @@ def main() -> None:
     machine = f"{platform.machine()}, {cores}, 1 torch thread, torch {torch.__version__}"
     objects = object_rows(model, Store(args.data), cfg) if args.data else []
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    predict = predict_rows(model, sizes) if sizes else []
+    predict = predict_rows(model, sizes, args.overrides) if sizes else []
     lines = [
         f"# Latent simulation speed ({machine})",
         "",

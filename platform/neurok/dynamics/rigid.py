@@ -60,18 +60,21 @@ def _coefficients(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
 
 def rotation(theta: torch.Tensor) -> torch.Tensor:
     """Rot(theta) = exp(hat(theta)) (3, 3), by Rodrigues' formula."""
-    a, b, _ = _coefficients(theta)
-    K = hat(theta)
-    eye = torch.eye(3, dtype=theta.dtype, device=theta.device)
-    return eye + a * K + b * K @ K
+    return rotation_and_left_jacobian(theta)[0]
 
 
 def left_jacobian(theta: torch.Tensor) -> torch.Tensor:
     """J_l(theta) (3, 3): Rot(theta + d) = Rot(J_l d) Rot(theta) to first order in d."""
-    _, b, c = _coefficients(theta)
+    return rotation_and_left_jacobian(theta)[1]
+
+
+def rotation_and_left_jacobian(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rot(theta) and J_l(theta) from one set of coefficients (a step needs both)."""
+    a, b, c = _coefficients(theta)
     K = hat(theta)
+    K2 = K @ K
     eye = torch.eye(3, dtype=theta.dtype, device=theta.device)
-    return eye + b * K + c * K @ K
+    return eye + a * K + b * K2, eye + b * K + c * K2
 
 
 def _about_centre(x: torch.Tensor, masses: torch.Tensor) -> torch.Tensor:
@@ -92,10 +95,10 @@ def floating_jacobian(
     """x(s) (V, 3) and dx/ds (V, 3, 6 + k_q) for one object; `deformation` is q -> (x(q), dx/dq)."""
     x, J = deformation(s[RIGID:])
     y, Jy = _about_centre(x, masses), _about_centre(J, masses)
-    R = rotation(s[3:RIGID])
+    R, J_l = rotation_and_left_jacobian(s[3:RIGID])
     turned = y @ R.T
     # d(R y)/d theta = -hat(R y) J_l(theta): column i is J_l[:, i] x (R y)
-    J_theta = torch.linalg.cross(left_jacobian(s[3:RIGID]).T[None], turned[:, None, :]).transpose(1, 2)
+    J_theta = torch.linalg.cross(J_l.T[None], turned[:, None, :]).transpose(1, 2)
     J_c = torch.eye(3, dtype=x.dtype, device=x.device).expand(x.shape[0], 3, 3)
     return s[:3] + turned, torch.cat([J_c, J_theta, R @ Jy], dim=-1)
 
