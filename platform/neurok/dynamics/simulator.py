@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from torch.func import vmap
+from torch.func import jvp, vmap
 
 from neurok.dynamics.config import Integrator, SimulatorConfig
 from neurok.dynamics.forces import Forcing
@@ -150,9 +150,9 @@ def _frame(integrator, system: System, state, t0: float, steps: int, cfg: Simula
 def decoded(shape: ReducedShape | FloatingShape, frames: Frame) -> tuple[torch.Tensor, torch.Tensor]:
     """Every vertex's position and velocity (B, F, V, 3) at frames (B, F) of one object's coordinates."""
     q, v = frames.q.flatten(0, 1), frames.qdot.flatten(0, 1)
-    with torch.no_grad():
-        x, J = vmap(shape.jacobian_fn(shape.tensors), chunk_size=8)(q)
-    velocities = torch.einsum("nvik,nk->nvi", J, v)
+    position = shape.position_fn(shape.tensors)
+    with torch.no_grad():  # x and J q' in one forward-mode pass: J itself (V, 3, k) is never formed
+        x, velocities = vmap(lambda q, v: jvp(position, (q,), (v,)), chunk_size=8)(q, v)
     return x.unflatten(0, frames.q.shape[:2]), velocities.unflatten(0, frames.q.shape[:2])
 
 
