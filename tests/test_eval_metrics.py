@@ -40,15 +40,17 @@ def test_winding_number_of_a_box():
     np.testing.assert_allclose(w, inside.astype(float), atol=1e-9)
 
 
-def test_iou_of_two_shifted_unit_boxes():
+def test_iou_of_shifted_unit_boxes_on_one_grid():
     box = trimesh.creation.box(extents=(1, 1, 1))
     v, f = np.asarray(box.vertices), np.asarray(box.faces)
     sampler = metrics.SurfaceSampler(v, f, 4000)
-    shifted = v + [0.5, 0, 0]
+    moved = {"half": v + [0.5, 0, 0], "same": v, "apart": v + [3, 0, 0]}
+    fits = {name: (x, sampler(x).numpy()) for name, x in moved.items()}
+    ious = metrics.volumetric_ious(fits, v, sampler(v).numpy(), f, grid=64)
     # overlap 0.5 x 1 x 1, union 1.5 x 1 x 1; surface voxels make the grid estimate slightly larger
-    iou = metrics.volumetric_iou(v, shifted, f, sampler(v).numpy(), sampler(shifted).numpy(), grid=48)
-    assert iou == pytest.approx(1 / 3, abs=0.03)
-    assert metrics.volumetric_iou(v, v, f, sampler(v).numpy(), sampler(v).numpy(), grid=16) == 1.0
+    assert ious["half"] == pytest.approx(1 / 3, abs=0.03)
+    assert ious["same"] == 1.0
+    assert ious["apart"] == 0.0
 
 
 def test_surface_samples_follow_the_mesh():

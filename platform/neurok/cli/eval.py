@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -27,27 +28,54 @@ def register(groups: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
+    from mlflow.tracking import MlflowClient
+
     from neurok.config import config_path, load_config
     from neurok.data.store import Store
     from neurok.eval.config import EvalConfig
     from neurok.eval.evaluate import evaluate
     from neurok.eval.report import log_to_mlflow, table_rows, write_report
     from neurok.track.registry import model_files
-    from neurok.train.checkpoint import load_model
+    from neurok.train.checkpoint import load_model, training_run
 
     cfg = load_config(EvalConfig, config_path(args.config, "eval"), [*args.overrides, f"data={args.data}"])
     with tempfile.TemporaryDirectory() as tmp:  # where a models:/ URI is downloaded
-        model = load_model(model_files(args.model, tmp)[0])
+        checkpoint = model_files(args.model, tmp)[0]
+        model, trained_by = load_model(checkpoint), training_run(checkpoint)
     result = evaluate(model, Store(cfg.data), cfg)
     files = write_report(result, cfg, cfg.data, args.model)
-    print(files["table"].read_text())
-    run_id = cfg.mlflow_run_id or _active_run_id()
-    if run_id:
-        log_to_mlflow(run_id, table_rows(result.cases), result.speed, files, result.latent)
-        print(f"logged to MLflow run {run_id}")
+    print(files["summary"].read_text())
+    print(f"every metric per (object type, split): {files['table']}")
     for kind, file in files.items():
         print(f"  {kind}: {file}")
+    run_id, uri = _mlflow_run(cfg, trained_by)
+    if run_id:
+        log_to_mlflow(run_id, table_rows(result.cases), result.speed, files, result.latent, uri)
+        if uri:  # the child run we opened
+            MlflowClient(uri).set_terminated(run_id)
+        print(f"logged to MLflow run {run_id} ({uri or 'MLFLOW_TRACKING_URI'}); browse it: make mlflow-ui")
     return 0
+
+
+def _mlflow_run(cfg, trained_by: dict | None) -> tuple[str, str | None]:
+    """(run id, tracking URI) to log to: mlflow_run_id, else the active run, else a new child of the run
+    that trained the model (when its store is reachable); ("", None) for none."""
+    run_id = cfg.mlflow_run_id or _active_run_id()
+    if run_id or trained_by is None:
+        return run_id, None
+    from mlflow.exceptions import MlflowException
+
+    from neurok.eval.report import child_run
+
+    uri, parent = trained_by["tracking_uri"], trained_by["run_id"]
+    missing = uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
+    try:
+        if not missing:  # (MLflow would create an empty database there)
+            return child_run(parent, uri, f"eval-{Path(cfg.out_dir).name}"), uri
+    except MlflowException:
+        pass
+    print(f"not logged to MLflow: training run {parent} is not in {uri}; mlflow_run_id=ID chooses a run")
+    return "", None
 
 
 def _active_run_id() -> str:

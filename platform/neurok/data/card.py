@@ -37,6 +37,7 @@ def dataset_card(store: Store, sources: list[str] | None = None, notes: list[str
         "vertices": _stats(store.column("n_vertices")),
         "faces": _stats(store.column("n_faces")),
         "raw_bytes": int(sum(s["nbytes"] for s in store.shards)),
+        "dropped": list(store.attrs.get("dropped", [])),  # planned sequences MuJoCo could not keep stable
         "sources": sources or [],
         "notes": notes or [],
     }
@@ -67,7 +68,7 @@ def format_card(card: dict, path: str, disk_bytes: int) -> str:
         lines.append(f"    {t:<12}" + "".join(f"{counts.get(s, 0):>9}" for s in SPLITS))
     lines.append("  per category:")
     lines += [f"    {c:<28}{n:>6}" for c, n in card["per_category"].items()]
-    for key in ("sources", "notes"):
+    for key in ("sources", "notes", "dropped"):
         if card.get(key):
             lines.append(f"  {key}:")
             lines += [f"    - {x}" for x in card[key]]

@@ -280,16 +280,22 @@ class StoreWriter:
         }
         for key, data in tables.items():
             _write_table(self.root, key, data)
-        attrs = {"categories": categories, "shards": manifest, "n_sequences": n}
+        dropped = [d for k in shards for d in self._commits[k].get("dropped", [])]
+        attrs = {"categories": categories, "shards": manifest, "n_sequences": n, "dropped": dropped}
         if card is not None:
             attrs["card"] = card
         self.root.attrs.update(attrs)
 
 
 def write_shard(
-    root: zarr.Group | str, shard_id: int, sequences: list[Sequence], layout: StoreLayout
+    root: zarr.Group | str,
+    shard_id: int,
+    sequences: list[Sequence],
+    layout: StoreLayout,
+    dropped: list[str] | None = None,
 ) -> dict:
-    """Write one loader shard's arrays, then its commit record; returns the commit.
+    """Write one loader shard's arrays, then its commit record; returns the commit. `dropped`: why the
+    shard's planned sequences that are not in it were left out (kept in the commit and the store's attrs).
 
     Safe from any process that owns this shard (e.g. a Ray task): it touches only the shard's own files.
     The store's writer then `record`s the commit into the index.
@@ -297,13 +303,14 @@ def write_shard(
     if isinstance(root, str):
         root = _open_root(root, "r+")
     if not sequences:
-        raise StoreError(f"{root.store}: loader shard {shard_id} would be empty")
+        raise StoreError(f"{root.store}: loader shard {shard_id} would be empty: {dropped or ''}")
     arrays, records = _pack(sequences)
     commit = {
         "sha256": content_hash(arrays, records),
         "n_sequences": len(records),
         "nbytes": int(sum(a.nbytes for a in arrays.values())),
         "sequences": records,
+        "dropped": dropped or [],
     }
     name = shard_name(shard_id)
     if name in root:  # a half-written shard from an interrupted run

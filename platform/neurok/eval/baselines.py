@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from neurok.dynamics.rigid import floating_position
 from neurok.geometry import chamfer_distance
 
 
@@ -57,14 +58,17 @@ class DeformationBank:
 
 
 class PCABaseline:
-    """Displacement = mean + U c on the anchors; c (dims,) fitted to a target cloud by Chamfer."""
+    """Displacement = mean + U c on the anchors; c (dims,) fitted to a target cloud by Chamfer. With
+    `frame`, the deformed shape rides a rigid frame (dynamics.rigid), as NeuROK's `frame` IK does, so the
+    two compare at the same number of coordinates (6 + dims)."""
 
-    def __init__(self, bank: DeformationBank, dims: int):
-        self.bank = bank
+    def __init__(self, bank: DeformationBank, dims: int, frame: bool = False):
+        self.bank, self.frame = bank, frame
         self.mean = bank.fields.mean(axis=0)
-        _, _, vt = np.linalg.svd(bank.fields - self.mean, full_matrices=False)
+        _, singular, vt = np.linalg.svd(bank.fields - self.mean, full_matrices=False)
         self.components = vt[:dims]  # (dims, A * 3)
         self.dims = len(self.components)
+        self.std = singular[: self.dims] / np.sqrt(max(len(bank.fields) - 1, 1))  # of each coefficient
 
     def _field(self, c: torch.Tensor) -> torch.Tensor:
         mean = torch.from_numpy(self.mean).float()
@@ -81,20 +85,34 @@ class PCABaseline:
     def fit(
         self, rest: np.ndarray, sampler, target: torch.Tensor, iterations: int, lr: float = 0.05
     ) -> np.ndarray:
-        """Vertices (V, 3) of rest deformed by the subspace field whose surface samples best fit `target`
-        (n, 3) by Chamfer L1 (Adam with cosine decay, as NeuROK's IK)."""
+        """Vertices (V, 3) of rest deformed by the subspace field (on its rigid frame, with `frame`) whose
+        surface samples best fit `target` (n, 3) by Chamfer L1 (Adam with cosine decay, as NeuROK's IK)."""
         W, rest_t = self.bank.to_vertices(rest), torch.from_numpy(rest).float()
-        c = torch.zeros(self.dims, requires_grad=True)
-        opt = torch.optim.Adam([c], lr=lr)
+        deformed = lambda c: rest_t + W @ self._field(c)  # noqa: E731
+        masses = torch.ones(len(rest))
+        shape = (lambda s: floating_position(deformed, masses, s)) if self.frame else deformed
+        start = torch.zeros(self.dims)
+        if self.frame:  # the frame starts at the rest shape's centre, unturned
+            start = torch.cat([rest_t.mean(dim=0), torch.zeros(3), start])
+        s = start.requires_grad_(True)
+        opt = torch.optim.Adam([s], lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
         for _ in range(iterations):
-            loss = chamfer_distance(sampler(rest_t + W @ self._field(c)), target, "l1")
+            loss = chamfer_distance(sampler(shape(s)), target, "l1")
             opt.zero_grad()
             loss.backward()
             opt.step()
             schedule.step()
         with torch.no_grad():
-            return (rest_t + W @ self._field(c)).numpy()
+            return shape(s).numpy()
+
+    def sample(self, rest: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, V, 3): rest deformed by coefficients drawn from the Gaussian the training fields span in this
+        subspace (the generative baseline of prior samples)."""
+        W = self.bank.to_vertices(rest).double().numpy()
+        c = rng.standard_normal((n, self.dims)) * self.std
+        fields = (self.mean + c @ self.components).reshape(n, -1, 3)
+        return (rest + np.einsum("va,nac->nvc", W, fields)).astype(np.float32)
 
 
 class NearestBaseline:

@@ -179,15 +179,45 @@ def inverse_kinematics(
     }
     fits |= {name: pca.fit(rest, sampler, points, ik.iterations) for name, pca in pcas.items()}
     fits["nn"] = nearest.fit(rest, sampler, points)
-    values = {}
-    for method, vertices in fits.items():
-        samples = sampler(vertices)
-        l1, l2 = metrics.chamfer_l1_l2(samples, points)
+    values, samples = {}, {method: sampler(vertices) for method, vertices in fits.items()}
+    for method, fitted in samples.items():
+        l1, l2 = metrics.chamfer_l1_l2(fitted, points)
         values[f"ik_{method}_chamfer_l1"] = l1
         values[f"ik_{method}_chamfer_l2"] = l2
-        values[f"ik_{method}_iou"] = metrics.volumetric_iou(
-            vertices, target, case.faces, samples.numpy(), points.numpy(), grid
-        )
+    meshes = {method: (vertices, samples[method].numpy()) for method, vertices in fits.items()}
+    ious = metrics.volumetric_ious(meshes, target, points.numpy(), case.faces, grid)
+    return values | {f"ik_{method}_iou": iou for method, iou in ious.items()}
+
+
+def object_states(store: Store, case: Case, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(<= n, V, 3): frames drawn from every sequence of the case's object, each in its own normalisation
+    (the true states a generative model of that object should cover)."""
+    objects = store.column("object_id")
+    frames = []
+    for s in np.flatnonzero(objects == objects[case.index]):
+        seq = store.sequence(int(s))
+        frames.append((seq.frames - store.norm_center[s]) / store.norm_scale[s])
+    states = np.concatenate(frames).astype(np.float32)
+    return states[rng.choice(len(states), min(n, len(states)), replace=False)]
+
+
+def generative(
+    shape: ReducedShape, case: Case, store: Store, sampler: metrics.SurfaceSampler, pca: PCABaseline,
+    cfg: EvalConfig,
+) -> dict[str, float]:  # fmt: skip
+    """Prior samples of the object (z ~ N(mu_cond, I), decoded) against its true states, beside as many
+    samples of a Gaussian fitted to the training deformations in PCA space (metrics.generative_scores)."""
+    rng = np.random.default_rng(cfg.seed + case.index)
+    references = sampler(object_states(store, case, cfg.generative_samples, rng))
+    latent = shape.latent
+    z = latent.mu_cond + torch.from_numpy(rng.standard_normal((len(references), latent.latent_dims)))
+    with torch.no_grad():
+        ours = torch.stack([latent.decode(zi.to(latent.mu_cond.dtype)) for zi in z]).float()
+    theirs = pca.sample(case.frames[0], len(references), rng)
+    values = {}
+    for method, samples in (("neurok", ours), ("pca_gauss", theirs)):
+        scores = metrics.generative_scores(sampler(samples), references)
+        values |= {f"gen_{method}_{k}": v for k, v in scores.items()}
     return values
 
 
@@ -350,9 +380,15 @@ def evaluate(model: NeuROK, store: Store, cfg: EvalConfig) -> EvalResult:
         result = CaseResult(case.name, case.object_type, case.split)
         result.values |= reduction_values(shape)
         result.values |= reconstruction(model, shape, case, sampler, cfg)
-        pcas = {"pca": PCABaseline(bank, shape.dims), "pca_k": PCABaseline(bank, shape.latent.latent_dims)}
+        pcas = {
+            "pca": PCABaseline(bank, shape.dims),
+            "pca_frame": PCABaseline(bank, shape.dims, frame=True),
+            "pca_k": PCABaseline(bank, shape.latent.latent_dims),
+        }
         result.values["pca_k_dims"] = float(pcas["pca_k"].dims)
         result.values |= inverse_kinematics(shape, case, sampler, pcas, nearest, cfg.dynamics.ik, cfg.grid)
+        if cfg.generative_samples:
+            result.values |= generative(shape, case, store, sampler, pcas["pca_k"], cfg)
         if sum(r.rollout is not None or "rollout_failed" in r.values for r in results) < cfg.rollouts:
             values, result.horizon, result.rollout = simulation(shape, case, sampler, cfg)
             result.values |= values

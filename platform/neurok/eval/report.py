@@ -108,6 +108,84 @@ def markdown(rows: list[dict], speed: dict, cfg: EvalConfig, latent: dict[str, f
     return "\n".join(lines + notes) + "\n"
 
 
+# NeuROK's IK space -> the PCA baseline with as many coordinates (evaluate.inverse_kinematics)
+SAME_DIMENSION = {"q": "pca", "frame": "pca_frame", "z": "pca_k"}
+TARGETS = {"test": 0.5, "heldout": 0.75}  # IK against the better baseline (issue 14)
+
+
+def _spread(members: list[CaseResult], key: str) -> tuple[float, float]:
+    values = [c.values[key] for c in members if math.isfinite(c.values.get(key, float("nan")))]
+    return (float(np.mean(values)), float(np.std(values))) if values else (float("nan"), float("nan"))
+
+
+def summary_markdown(cases: list[CaseResult], cfg: EvalConfig) -> str:
+    """The science table: per split (and object type), the mean +- spread over objects of IK Chamfer-L1 and
+    IoU for NeuROK in its IK space against PCA with as many coordinates and nearest-neighbour retrieval,
+    the ratio to the better baseline, reconstruction, and the generative metrics; then the targets."""
+    space = str(cfg.dynamics.ik.space)
+    pca = SAME_DIMENSION[space]
+    columns = [
+        ("recon_chamfer_l1", "recon"),
+        (f"ik_neurok_{space}_chamfer_l1", f"IK NeuROK ({space})"),
+        (f"ik_{pca}_chamfer_l1", "IK PCA same dim"),
+        ("ik_nn_chamfer_l1", "IK NN"),
+        *[(f"ik_neurok_{o}_chamfer_l1", f"IK NeuROK ({o})") for o in SAME_DIMENSION if o != space],
+        (f"ik_neurok_{space}_iou", "IoU NeuROK"),
+        (f"ik_{pca}_iou", "IoU PCA"),
+        ("ik_nn_iou", "IoU NN"),
+        *[(f"gen_{m}_{k}", f"{k} {label}") for k in ("coverage", "mmd", "nna") for m, label in
+          (("neurok", "NeuROK"), ("pca_gauss", "PCA-G"))],
+    ]  # fmt: skip
+    groups: dict[tuple[str, str], list[CaseResult]] = {}
+    for c in cases:
+        for key in ((c.split, "all"), (c.split, c.object_type)):
+            groups.setdefault(key, []).append(c)
+    lines = [
+        "| split | type | objects | ratio | " + " | ".join(h for _, h in columns) + " |",
+        "|" + "---|" * (4 + len(columns)),
+    ]
+    ratios = {}
+    for (split, object_type), members in groups.items():
+        ours = _spread(members, f"ik_neurok_{space}_chamfer_l1")[0]
+        best = min(_spread(members, f"ik_{pca}_chamfer_l1")[0], _spread(members, "ik_nn_chamfer_l1")[0])
+        ratio = ours / best if best > 0 else float("nan")
+        if object_type == "all":
+            ratios[split] = (ratio, ours)
+        cells = []
+        for key, _ in columns:
+            mean, std = _spread(members, key)
+            cells.append("-" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}")
+        lines.append(f"| {split} | {object_type} | {len(members)} | {ratio:.2f} | {' | '.join(cells)} |")
+    lines += [
+        "",
+        "Chamfer-L1 in the store's normalisation (rest shape in the unit cube), "
+        f"{cfg.surface_samples} surface samples; IoU on a {cfg.grid}^3 grid; IK "
+        f"{cfg.dynamics.ik.iterations} Adam steps for every method; mean ± standard deviation over objects. "
+        "ratio: NeuROK's IK over the better of PCA with as many coordinates "
+        f"({pca}) and nearest-neighbour retrieval. Generative: {cfg.generative_samples} prior samples per "
+        "object against as many of its true states (coverage: higher is better; MMD: lower; 1-NN accuracy: "
+        "0.5 is ideal), beside a Gaussian in the training deformations' PCA space.",
+        "",
+        "Targets (issue 14):",
+    ]
+    verdict = lambda ok: "met" if ok else "not met"  # noqa: E731
+    for split, target in TARGETS.items():
+        if split in ratios:
+            ratio = ratios[split][0]
+            lines.append(f"- {split}: ratio {ratio:.2f} <= {target}: {verdict(ratio <= target)}")
+    if "test" in ratios and "heldout" in ratios:
+        factor = ratios["heldout"][1] / ratios["test"][1]
+        lines.append(f"- heldout / test IK: {factor:.2f} <= 2: {verdict(factor <= 2)}")
+    if "test" in ratios:
+        test = groups[("test", "all")]
+        iou = _spread(test, f"ik_neurok_{space}_iou")[0]
+        lines.append(f"- test IoU {iou:.3f} >= 0.70: {verdict(iou >= 0.7)}")
+        ours, theirs = (_spread(test, f"gen_{m}_coverage")[0] for m in ("neurok", "pca_gauss"))
+        if not math.isnan(ours):
+            lines.append(f"- test coverage {ours:.3f} > PCA-G {theirs:.3f}: {verdict(ours > theirs)}")
+    return "\n".join(lines) + "\n"
+
+
 def horizon_figure(cases: list[CaseResult], fps: float = 30.0) -> Figure:
     fig = Figure(figsize=(6, 3.5), constrained_layout=True)
     ax = fig.add_subplot()
@@ -133,11 +211,13 @@ def energy_figure(cases: list[CaseResult]) -> Figure:
 
 
 def write_report(result: EvalResult, cfg: EvalConfig, store_path: str, model_path: str) -> dict[str, Path]:
-    """metrics.md, metrics.json, horizon.png, energy.png and rollouts/<case>/ under cfg.out_dir."""
+    """summary.md (the science table), metrics.md, metrics.json, horizon.png, energy.png and
+    rollouts/<case>/ under cfg.out_dir."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(result.cases)
-    files = {"table": out / "metrics.md", "json": out / "metrics.json"}
+    files = {"summary": out / "summary.md", "table": out / "metrics.md", "json": out / "metrics.json"}
+    files["summary"].write_text(summary_markdown(result.cases, cfg))
     files["table"].write_text(markdown(rows, result.speed, cfg, result.latent))
     payload = {
         "model": model_path,
@@ -165,15 +245,30 @@ def write_report(result: EvalResult, cfg: EvalConfig, store_path: str, model_pat
     return files
 
 
+def child_run(parent_id: str, tracking_uri: str, name: str) -> str:
+    """A new run nested under `parent_id` (the training run), in its experiment: where its evaluation goes."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_id)
+    tags = {"mlflow.parentRunId": parent_id, "mlflow.runName": name}
+    return client.create_run(parent.info.experiment_id, tags=tags, run_name=name).info.run_id
+
+
 def log_to_mlflow(
-    run_id: str, rows: list[dict], speed: dict, files: dict[str, Path], latent: dict[str, float] | None = None
+    run_id: str,
+    rows: list[dict],
+    speed: dict,
+    files: dict[str, Path],
+    latent: dict[str, float] | None = None,
+    tracking_uri: str | None = None,
 ) -> None:
     """Metrics eval/<type>/<split>/<name>, eval/latent/<name>, and every output file as an artifact under
     eval/."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri)
     now = int(1000 * time.time())
     entries = [
         Metric(f"eval/{r['object_type']}/{r['split']}/{k}", float(v), now, 0)

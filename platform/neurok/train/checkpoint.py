@@ -26,6 +26,12 @@ def read_checkpoint(path: str | Path) -> dict:
         raise BadInputError(f"{path}: not a readable NeuROK checkpoint ({exc})") from None
 
 
+def training_run(path: str | Path) -> dict | None:
+    """{"run_id", "tracking_uri"}: the MLflow run that wrote a training checkpoint, if it recorded one."""
+    recorded = read_checkpoint(path).get("mlflow")
+    return recorded if isinstance(recorded, dict) and recorded.get("run_id") else None
+
+
 def load_model(path: str | Path) -> NeuROK:
     """The CVAE of a training checkpoint, in eval mode with frozen parameters (inference and torch.func)."""
     ckpt = read_checkpoint(path)

@@ -1,7 +1,9 @@
 """Where a recipe's sequences are simulated: a local process pool, or Ray tasks on a cluster.
 
 Both yield `(shard_id, commit)` as loader shards complete; the store's single writer indexes them. The
-bytes are the same either way: a sequence depends only on its spec, never on where it ran.
+bytes are the same either way: a sequence depends only on its spec, never on where it ran. A sequence that
+MuJoCo cannot keep stable even with more substeps (scenes.simulate retries) is left out of its shard and
+named in the commit's `dropped` list, so one bad scene does not stop a run of thousands.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import multiprocessing as mp
 import os
 from collections.abc import Iterator
 
+from neurok.data.generate.mjcf import UnstableError
 from neurok.data.generate.recipe import PhysicsSpec, SequenceSpec
 from neurok.data.generate.scenes import simulate
+from neurok.data.schema import Sequence
 from neurok.data.store import StoreLayout, write_shard
 from neurok.errors import NeurokError
 
@@ -21,8 +25,17 @@ log = logging.getLogger(__name__)
 Shards = dict[int, list[SequenceSpec]]
 
 
-def _simulate(job: tuple[SequenceSpec, PhysicsSpec]):
-    return simulate(*job)
+def _simulate(job: tuple[SequenceSpec, PhysicsSpec]) -> Sequence | str:
+    """The sequence, or why it stayed unstable (the message names it)."""
+    try:
+        return simulate(*job)
+    except UnstableError as exc:
+        return str(exc)
+
+
+def _write(path, shard_id: int, results: list[Sequence | str], layout: StoreLayout) -> dict:
+    sequences = [r for r in results if not isinstance(r, str)]
+    return write_shard(path, shard_id, sequences, layout, [r for r in results if isinstance(r, str)])
 
 
 def process_pool(
@@ -44,8 +57,7 @@ def process_pool(
 
 def _write_in_order(path: str, shards: Shards, sequences: Iterator, layout: StoreLayout) -> Iterator:
     for shard_id, block in shards.items():
-        done = [next(sequences) for _ in block]
-        yield shard_id, write_shard(path, shard_id, done, layout)
+        yield shard_id, _write(path, shard_id, [next(sequences) for _ in block], layout)
 
 
 def ray_tasks(path: str, shards: Shards, physics: PhysicsSpec, layout: StoreLayout, workers: int) -> Iterator:
@@ -89,4 +101,4 @@ def ray_tasks(path: str, shards: Shards, physics: PhysicsSpec, layout: StoreLayo
 
 
 def _shard_task(path: str, shard_id: int, specs: list[SequenceSpec], physics: PhysicsSpec, layout) -> dict:
-    return write_shard(path, shard_id, [simulate(spec, physics) for spec in specs], layout)
+    return _write(path, shard_id, [_simulate((spec, physics)) for spec in specs], layout)

@@ -57,8 +57,10 @@ def generate(recipe: Recipe, out: str, progress: bool = True) -> dict:
             total=sum(map(len, todo.values())), desc=recipe.name, unit="seq", disable=not progress
         ) as bar:
             for shard_id, commit in completed:
+                for reason in commit["dropped"]:
+                    log.warning("left out of the store: %s", reason)
                 writer.record(shard_id, commit)
-                bar.update(commit["n_sequences"])
+                bar.update(commit["n_sequences"] + len(commit["dropped"]))
         card = dataset_card(
             Store(out), sources=[provenance["engine"] + " (procedural scenes)"], notes=CARD_NOTES
         )
