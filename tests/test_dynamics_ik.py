@@ -53,13 +53,15 @@ def test_ik_recovers_a_known_latent():
     q_true = torch.tensor([[0.6, -0.4, 0.3], [-0.5, 0.2, 0.4]], dtype=f64)
     shape, points = shape_and_targets(q_true)
     start = chamfer_distance(shape.positions(torch.zeros_like(q_true)), points)
-    result = fit(shape, points, IKConfig(iterations=300, lr=0.03, prior_weight=0.0))
+    result = fit(shape, points, IKConfig(space="q", iterations=300, lr=0.03, prior_weight=0.0))
     assert (result.chamfer < 1e-3 * start).all()
     assert torch.allclose(result.q, q_true, atol=1e-2)
     assert result.z.shape == (2, 3) and result.vertices.shape == (2, 80, 3)
 
     lbfgs = fit(
-        shape, points, IKConfig(optimizer="lbfgs", iterations=100, lr=1.0, prior_weight=0.0, loss="l2")
+        shape,
+        points,
+        IKConfig(space="q", optimizer="lbfgs", iterations=100, lr=1.0, prior_weight=0.0, loss="l2"),
     )
     assert torch.allclose(lbfgs.q, q_true, atol=1e-2)
 
@@ -75,7 +77,7 @@ def test_ik_with_a_rigid_frame_fits_a_shape_that_travelled_and_turned():
         torch.tensor([[0.0, -0.3, 0.0], [0.3, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=f64)
     )
     moved = points @ turn.T + torch.tensor([0.4, -0.2, 0.1], dtype=f64)
-    cfg = IKConfig(iterations=400, lr=0.03, prior_weight=0.0)
+    cfg = IKConfig(space="q", iterations=400, lr=0.03, prior_weight=0.0)
     alone = fit(shape, moved, cfg)
     framed = fit(shape, moved, IKConfig(space="frame", iterations=400, lr=0.03, prior_weight=0.0))
     assert framed.q.shape == (1, 6 + 3) and framed.z.shape == (1, 3)
@@ -92,7 +94,7 @@ def test_tracking_follows_a_sequence():
     result = track(
         shape,
         points[None],
-        IKConfig(iterations=300, lr=0.03, track_iterations=80, prior_weight=0.0, smoothness=1e-3),
+        IKConfig(space="q", iterations=300, lr=0.03, track_iterations=80, prior_weight=0.0, smoothness=1e-3),
     )
     assert result.q.shape == (1, 4, 3) and result.chamfer.shape == (1, 4)
     assert torch.allclose(result.q[0], q_true, atol=2e-2)

@@ -68,4 +68,33 @@ def test_eval_writes_the_table_json_plots_and_a_rendered_rollout(tmp_path, capsy
     assert (out / "horizon.png").stat().st_size > 0 and (out / "energy.png").stat().st_size > 0
     rendered = next((out / "rollouts").iterdir())
     assert {p.name for p in rendered.iterdir()} >= {"rollout.npz", "rollout.gif", "viewer.html", "frames"}
-    assert "IK CD-L1 NeuROK" in capsys.readouterr().out
+    assert "| IK NeuROK (frame) |" in capsys.readouterr().out  # the summary, in the default IK space
+
+
+def test_eval_of_a_trained_checkpoint_logs_to_a_child_of_its_training_run(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    store = write_store(tmp_path / "s.zarr", (3, 3), splits={4: "test", 5: "heldout"})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("neurok", artifact_location=(tmp_path / "artifacts").as_uri())
+    training = client.create_run(experiment, run_name="train").info.run_id
+    ckpt = tiny_checkpoint(tmp_path / "m.ckpt")
+    checkpoint = torch.load(ckpt, weights_only=True) | {"mlflow": {"run_id": training, "tracking_uri": uri}}
+    torch.save(checkpoint, ckpt)
+    out = tmp_path / "science"
+    overrides = [f"out_dir={out}", "rollouts=0", "speed=false", "renders=0", "generative_samples=4"]
+    assert main(["eval", "--model", str(ckpt), "--data", store, *overrides, *BUDGET]) == 0
+
+    summary = (out / "summary.md").read_text()
+    assert "| test | all | 1 |" in summary and "| heldout | elastic | 1 |" in summary
+    assert "- test: ratio" in summary and "coverage NeuROK" in summary
+    assert summary in capsys.readouterr().out  # the table is what the command prints first
+    row = json.loads((out / "metrics.json").read_text())["rows"][0]
+    assert 0 <= row["gen_neurok_coverage"] <= 1 and 0 <= row["gen_pca_gauss_nna"] <= 1
+    assert row["ik_neurok_frame_chamfer_l1"] < 10 and row["ik_pca_frame_chamfer_l1"] < 10
+
+    (child,) = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{training}'")
+    assert child.info.run_name == "eval-science" and child.info.status == "FINISHED"
+    assert "eval/elastic/test/gen_neurok_mmd" in child.data.metrics
+    assert "summary.md" in {f.path.split("/")[-1] for f in client.list_artifacts(child.info.run_id, "eval")}

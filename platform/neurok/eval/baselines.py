@@ -82,11 +82,9 @@ class PCABaseline:
         c, *_ = np.linalg.lstsq(basis.T, displacement.reshape(-1) - offset, rcond=None)
         return rest + (offset + c @ basis).reshape(-1, 3)
 
-    def fit(
-        self, rest: np.ndarray, sampler, target: torch.Tensor, iterations: int, lr: float = 0.05
-    ) -> np.ndarray:
-        """Vertices (V, 3) of rest deformed by the subspace field (on its rigid frame, with `frame`) whose
-        surface samples best fit `target` (n, 3) by Chamfer L1 (Adam with cosine decay, as NeuROK's IK)."""
+    def fit(self, rest: np.ndarray, target: torch.Tensor, iterations: int, lr: float = 0.05) -> np.ndarray:
+        """Vertices (V, 3) of rest deformed by the subspace field (on its rigid frame, with `frame`) that best
+        fit `target` (n, 3) by Chamfer L1: NeuROK's IK objective and optimiser (Adam, cosine decay)."""
         W, rest_t = self.bank.to_vertices(rest), torch.from_numpy(rest).float()
         deformed = lambda c: rest_t + W @ self._field(c)  # noqa: E731
         masses = torch.ones(len(rest))
@@ -98,7 +96,7 @@ class PCABaseline:
         opt = torch.optim.Adam([s], lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
         for _ in range(iterations):
-            loss = chamfer_distance(sampler(shape(s)), target, "l1")
+            loss = chamfer_distance(shape(s), target, "l1")
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -116,18 +114,19 @@ class PCABaseline:
 
 
 class NearestBaseline:
-    """The training deformation that, on the target's rest mesh, is nearest the target (Chamfer L1)."""
+    """The training deformation that, on the target's rest mesh, is nearest the target (Chamfer L1 of the
+    deformed vertices, NeuROK's IK objective)."""
 
     def __init__(self, bank: DeformationBank):
         self.bank = bank
 
-    def fit(self, rest: np.ndarray, sampler, target: torch.Tensor, batch: int = 32) -> np.ndarray:
+    def fit(self, rest: np.ndarray, target: torch.Tensor, batch: int = 32) -> np.ndarray:
         W, rest_t = self.bank.to_vertices(rest), torch.from_numpy(rest).float()
         fields = torch.from_numpy(self.bank.fields).float().reshape(len(self.bank.fields), -1, 3)
         best, best_score = None, float("inf")
         for i in range(0, len(fields), batch):
             shapes = rest_t + torch.einsum("va,nac->nvc", W, fields[i : i + batch])
-            scores = chamfer_distance(sampler(shapes), target.expand(len(shapes), -1, -1), "l1")
+            scores = chamfer_distance(shapes, target.expand(len(shapes), -1, -1), "l1")
             j = int(scores.argmin())
             if float(scores[j]) < best_score:
                 best, best_score = shapes[j], float(scores[j])

@@ -51,6 +51,7 @@ class EvalConfig:
     anchors: int = 8  # the baselines' deformations live on an anchors^3 grid over the unit cube
     generative_samples: int = 0  # prior samples per case scored against as many true states of its object
     #                              (coverage, MMD, 1-NN accuracy; beside a PCA-space Gaussian); 0: none
+    generative_points: int = 512  # surface samples a shape for those scores
     rollouts: int = 2  # cases given a latent rollout (simulation fidelity, energy drift): the costly part
     speed: bool = True  # latent rollout vs MuJoCo frames/s (needs the store's generation recipe)
     render: RenderConfig = field(default_factory=RenderConfig)

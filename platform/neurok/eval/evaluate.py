@@ -4,11 +4,14 @@ Protocol (all in the store's normalisation; research/neurok-paper.md s7, s9.2 wh
 - cases: up to `objects` sequences per (object type, split), for the chosen split and the held-out one;
   each case pairs the rest frame 0 with the frame deformed most (as the training plots do);
 - reconstruction: E_vae's posterior mean on surface points of the pair, decoded at every vertex;
-- inverse kinematics (Table 1): fit the target's surface samples from the rest mesh by Chamfer L1, in
-  NeuROK's reduced coordinates q and in its full latent z (both, whatever dynamics.ik.space says), in a
-  PCA subspace of k_q dimensions and in one of as many as the latent has (or as the training bank
-  allows), and by nearest-neighbour retrieval (eval.baselines); Chamfer L1/L2 on fixed surface samples
-  and volumetric IoU; k_q and the share of decoded variation the reduced space retains, per case;
+- inverse kinematics (Table 1): fit the target's surface samples from the rest mesh by Chamfer L1 of
+  the fitted vertices, with the same Adam steps for every method: in NeuROK's reduced coordinates q, on
+  the rigid frame and in its full latent z (all three, whatever dynamics.ik.space says), in a PCA
+  subspace of k_q dimensions, alone and on the frame, and in one of as many as the latent has (or as
+  the training bank allows), and by nearest-neighbour retrieval (eval.baselines); Chamfer L1/L2 on fixed
+  surface samples and volumetric IoU; k_q and the share of decoded variation the reduced space retains;
+- generative (generative_samples > 0): prior samples of each object against its true states (MMD,
+  coverage, 1-NN accuracy), beside a Gaussian in the PCA space;
 - simulation: the sequence's recorded conditions become initial states and forces (conditions_for), a
   latent rollout over its horizon is compared to the simulated truth frame by frame; energy drift with
   damping off;
@@ -177,8 +180,8 @@ def inverse_kinematics(
         f"neurok_{space}": fit(shape, points[None], dataclasses.replace(ik, space=space)).vertices[0].numpy()
         for space in Space
     }
-    fits |= {name: pca.fit(rest, sampler, points, ik.iterations) for name, pca in pcas.items()}
-    fits["nn"] = nearest.fit(rest, sampler, points)
+    fits |= {name: pca.fit(rest, points, ik.iterations, ik.lr) for name, pca in pcas.items()}
+    fits["nn"] = nearest.fit(rest, points)
     values, samples = {}, {method: sampler(vertices) for method, vertices in fits.items()}
     for method, fitted in samples.items():
         l1, l2 = metrics.chamfer_l1_l2(fitted, points)
@@ -202,12 +205,13 @@ def object_states(store: Store, case: Case, n: int, rng: np.random.Generator) ->
 
 
 def generative(
-    shape: ReducedShape, case: Case, store: Store, sampler: metrics.SurfaceSampler, pca: PCABaseline,
-    cfg: EvalConfig,
-) -> dict[str, float]:  # fmt: skip
+    shape: ReducedShape, case: Case, store: Store, pca: PCABaseline, cfg: EvalConfig
+) -> dict[str, float]:
     """Prior samples of the object (z ~ N(mu_cond, I), decoded) against its true states, beside as many
-    samples of a Gaussian fitted to the training deformations in PCA space (metrics.generative_scores)."""
+    samples of a Gaussian fitted to the training deformations in PCA space (metrics.generative_scores), on
+    cfg.generative_points surface samples a shape: the metric compares (2S choose 2) pairs of shapes."""
     rng = np.random.default_rng(cfg.seed + case.index)
+    sampler = metrics.SurfaceSampler(case.frames[0], case.faces, cfg.generative_points, cfg.seed)
     references = sampler(object_states(store, case, cfg.generative_samples, rng))
     latent = shape.latent
     z = latent.mu_cond + torch.from_numpy(rng.standard_normal((len(references), latent.latent_dims)))
@@ -388,7 +392,7 @@ def evaluate(model: NeuROK, store: Store, cfg: EvalConfig) -> EvalResult:
         result.values["pca_k_dims"] = float(pcas["pca_k"].dims)
         result.values |= inverse_kinematics(shape, case, sampler, pcas, nearest, cfg.dynamics.ik, cfg.grid)
         if cfg.generative_samples:
-            result.values |= generative(shape, case, store, sampler, pcas["pca_k"], cfg)
+            result.values |= generative(shape, case, store, pcas["pca_k"], cfg)
         if sum(r.rollout is not None or "rollout_failed" in r.values for r in results) < cfg.rollouts:
             values, result.horizon, result.rollout = simulation(shape, case, sampler, cfg)
             result.values |= values

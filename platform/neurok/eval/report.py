@@ -129,6 +129,7 @@ def summary_markdown(cases: list[CaseResult], cfg: EvalConfig) -> str:
         (f"ik_neurok_{space}_chamfer_l1", f"IK NeuROK ({space})"),
         (f"ik_{pca}_chamfer_l1", "IK PCA same dim"),
         ("ik_nn_chamfer_l1", "IK NN"),
+        *([("ik_pca_k_chamfer_l1", "IK PCA k dims")] if pca != "pca_k" else []),  # as many as z has
         *[(f"ik_neurok_{o}_chamfer_l1", f"IK NeuROK ({o})") for o in SAME_DIMENSION if o != space],
         (f"ik_neurok_{space}_iou", "IoU NeuROK"),
         (f"ik_{pca}_iou", "IoU PCA"),
