@@ -21,7 +21,8 @@ demo: $(STAMP) ## generate the default dataset, check it, train the base model o
 	$(NEUROK) data generate datasets/default.yaml --out datasets/out/default.zarr
 	$(NEUROK) data validate datasets/out/default.zarr
 	$(NEUROK) data inspect datasets/out/default.zarr
-	$(NEUROK) train pipelines/train.yaml data.store=datasets/out/default.zarr run_name=demo trainer.max_minutes=8
+	$(NEUROK) train pipelines/train.yaml data.store=datasets/out/default.zarr run_name=demo \
+		trainer.max_steps=300 trainer.max_minutes=0
 	$(NEUROK) eval --model outputs/runs/demo/checkpoints/last.ckpt --data datasets/out/default.zarr \
 		split=test objects=1 rollouts=1 dynamics.simulator.frames=8 dynamics.ik.iterations=50 \
 		out_dir=outputs/eval/demo
@@ -87,3 +88,18 @@ tune: $(STAMP) datasets/out/default.zarr ## Ray Tune sweep, best trial registere
 	$(NEUROK) tune tune/latent_arch.yaml $(args)
 
 .PHONY: tune
+
+# ---- the science table (issue 14): NeuROK against PCA and retrieval on unseen objects and categories ----
+# A fixed number of steps, not minutes, so the table does not depend on the machine's speed or load.
+SCIENCE_TRAIN := run_name=science data.store=datasets/out/science.zarr data.batch_size=64 \
+	trainer.max_steps=2000 trainer.max_minutes=0 trainer.threads=$(or $(threads),2) data.num_workers=1
+
+science: $(STAMP) datasets/out/science.zarr ## train on the science recipe (2000 steps x 64) and write outputs/science/summary.md
+	$(NEUROK) train pipelines/train.yaml $(SCIENCE_TRAIN) $(args)
+	$(NEUROK) eval --config pipelines/science.yaml --model outputs/runs/science/checkpoints/last.ckpt \
+		--data datasets/out/science.zarr
+
+datasets/out/science.zarr: | $(STAMP)
+	$(NEUROK) data generate datasets/science.yaml --out $@
+
+.PHONY: science

@@ -28,6 +28,7 @@ def register(groups: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
+    import torch
     from mlflow.tracking import MlflowClient
 
     from neurok.config import config_path, load_config
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from neurok.train.checkpoint import load_model, training_run
 
     cfg = load_config(EvalConfig, config_path(args.config, "eval"), [*args.overrides, f"data={args.data}"])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     with tempfile.TemporaryDirectory() as tmp:  # where a models:/ URI is downloaded
         checkpoint = model_files(args.model, tmp)[0]
         model, trained_by = load_model(checkpoint), training_run(checkpoint)

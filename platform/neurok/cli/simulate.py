@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(SimulateConfig, config_path(args.config or package_settings, "simulate"), overrides)
     conditions = conditions_from_cli(args.poke, args.gravity, args.velocity, args.spin, args.pin, args.ground)
     vertices, faces = load_mesh(args.mesh, cfg.max_vertices)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     result = simulate_mesh(
         model, vertices, faces, conditions, cfg.shape, cfg.dynamics, cfg.poke_radius, cfg.seed

@@ -34,6 +34,7 @@ class SimulateConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     poke_radius: float = 0.15  # normalised units (the mesh spans the unit cube): region a poke acts on
     max_vertices: int = 50_000  # larger meshes are refused (decimate them first)
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default (every core)
     seed: int = 0
 
 
@@ -60,4 +61,5 @@ class EvalConfig:
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     out_dir: str = "outputs/eval"
     mlflow_run_id: str = ""  # log to this run (default: the active run, if any)
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default (every core)
     seed: int = 0
