@@ -77,7 +77,7 @@ def test_warmup_then_cosine():
     assert lrs[3] == pytest.approx(0.505) and lrs[4] == pytest.approx(0.01) and lrs[5] == pytest.approx(0.01)
 
 
-def test_resume_matches_the_uninterrupted_run(store, tmp_path, monkeypatch):
+def test_resume_matches_the_uninterrupted_run(store, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     # 14 train sequences x 2 pairs / batch 8 -> 3 batches an epoch: the interruption at step 5 is mid-epoch
     straight = LossRecorder()
@@ -91,8 +91,14 @@ def test_resume_matches_the_uninterrupted_run(store, tmp_path, monkeypatch):
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batch"] == 2  # mid-epoch position
 
     second = LossRecorder()
-    resumed = train(tiny_config(store, tmp_path / "b", f"resume={part.last_checkpoint}"), callbacks=[second])
+    capsys.readouterr()
+    resumed_cfg = tiny_config(
+        store, tmp_path / "b", f"resume={part.last_checkpoint}", "trainer.progress_bar=true"
+    )
+    resumed = train(resumed_cfg, callbacks=[second])
     assert resumed.run_id == part.run_id and resumed.global_step == 10
+    bar = capsys.readouterr().err  # one bar over the run's steps, from where it resumed
+    assert "train:  50%" in bar and "5/10" in bar and "10/10" in bar and "val/loss=" in bar
     assert sorted(second.losses) == list(range(6, 11))
     for step, loss in second.losses.items():
         assert loss == pytest.approx(straight.losses[step], rel=1e-6, abs=1e-9), step

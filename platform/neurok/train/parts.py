@@ -3,6 +3,7 @@ the Trainer options. Launchers add only how processes are started and where chec
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
@@ -18,6 +19,21 @@ from neurok.track import MlflowRunCallback, dataset_fingerprint
 from neurok.train.config import TrainConfig
 from neurok.train.examples import ReconstructionExamples
 from neurok.train.module import NeurokModule
+from neurok.train.progress import StepProgress
+
+
+def _quiet_lightning() -> None:
+    """Each Lightning line once, through the CLI's handler: Lightning adds stderr handlers of its own at
+    import, so every line came twice; and no advertisement for a logger we do not use."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+
+
+_quiet_lightning()
 
 
 @dataclass
@@ -78,8 +94,11 @@ def fit_parts(cfg: TrainConfig, uri: str, run_id: str, resumed: bool) -> FitPart
         num_sanity_val_steps=cfg.trainer.sanity_val_steps,
         gradient_clip_val=cfg.trainer.gradient_clip,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
-        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_progress_bar=False,  # StepProgress counts the run's steps instead of an epoch's batches
         logger=MLFlowLogger(experiment_name=cfg.experiment, run_id=run_id, tracking_uri=uri),
         enable_model_summary=False,
     )
-    return FitParts(module, data, has_val, [tracking, LearningRateMonitor("step")], options)
+    callbacks = [tracking, LearningRateMonitor("step")]
+    if cfg.trainer.progress_bar:
+        callbacks.append(StepProgress(cfg.trainer.max_steps))
+    return FitParts(module, data, has_val, callbacks, options)
