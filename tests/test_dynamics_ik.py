@@ -83,6 +83,9 @@ def test_ik_with_a_rigid_frame_fits_a_shape_that_travelled_and_turned():
     assert framed.q.shape == (1, 6 + 3) and framed.z.shape == (1, 3)
     assert framed.chamfer < 0.05 * alone.chamfer
     assert torch.allclose(framed.q[0, 3:6], torch.tensor([0.0, 0.0, 0.3], dtype=f64), atol=2e-2)
+    # the whole latent on the frame: here the latent is the reduced space, so the same fit
+    in_z = fit(shape, moved, IKConfig(space="frame_z", iterations=400, lr=0.03, prior_weight=0.0))
+    assert torch.allclose(in_z.vertices, framed.vertices, atol=1e-6)
 
 
 def test_tracking_follows_a_sequence():

@@ -25,6 +25,7 @@ class Space(StrEnum):
     q = "q"  # reduced coordinates (the paper's IK setting)
     z = "z"  # the full latent
     frame = "frame"  # q carried by a rigid frame (dynamics.rigid): a shape that travelled or turned fits too
+    frame_z = "frame_z"  # the full latent carried by the rigid frame
 
 
 class ChamferKind(StrEnum):

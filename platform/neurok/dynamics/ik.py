@@ -30,8 +30,10 @@ class IKResult:
 
 
 def _coordinates(shape: ReducedShape, cfg: IKConfig) -> ReducedShape | FloatingShape:
-    spaces = {Space.q: shape, Space.z: ReducedShape.identity(shape.latent), Space.frame: FloatingShape(shape)}
-    return spaces[Space(cfg.space)]
+    space = Space(cfg.space)
+    if space in (Space.z, Space.frame_z):
+        shape = ReducedShape.identity(shape.latent)
+    return FloatingShape(shape) if space in (Space.frame, Space.frame_z) else shape
 
 
 def _optimise(

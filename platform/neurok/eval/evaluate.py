@@ -388,6 +388,7 @@ def evaluate(model: NeuROK, store: Store, cfg: EvalConfig) -> EvalResult:
             "pca": PCABaseline(bank, shape.dims),
             "pca_frame": PCABaseline(bank, shape.dims, frame=True),
             "pca_k": PCABaseline(bank, shape.latent.latent_dims),
+            "pca_k_frame": PCABaseline(bank, shape.latent.latent_dims, frame=True),
         }
         result.values["pca_k_dims"] = float(pcas["pca_k"].dims)
         result.values |= inverse_kinematics(shape, case, sampler, pcas, nearest, cfg.dynamics.ik, cfg.grid)

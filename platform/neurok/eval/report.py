@@ -25,8 +25,11 @@ COLUMNS = (  # (key, header) of the markdown table
     ("ik_neurok_q_chamfer_l1", "IK CD-L1 NeuROK q"),
     ("ik_neurok_z_chamfer_l1", "IK CD-L1 NeuROK z"),
     ("ik_neurok_frame_chamfer_l1", "IK CD-L1 NeuROK frame+q"),
+    ("ik_neurok_frame_z_chamfer_l1", "IK CD-L1 NeuROK frame+z"),
     ("ik_pca_chamfer_l1", "IK CD-L1 PCA k_q"),
+    ("ik_pca_frame_chamfer_l1", "IK CD-L1 PCA frame+k_q"),
     ("ik_pca_k_chamfer_l1", "IK CD-L1 PCA k"),
+    ("ik_pca_k_frame_chamfer_l1", "IK CD-L1 PCA frame+k"),
     ("ik_nn_chamfer_l1", "IK CD-L1 NN"),
     ("ik_neurok_q_chamfer_l2", "IK CD-L2 NeuROK q"),
     ("ik_neurok_z_chamfer_l2", "IK CD-L2 NeuROK z"),
@@ -37,8 +40,11 @@ COLUMNS = (  # (key, header) of the markdown table
     ("ik_neurok_q_iou", "IoU NeuROK q"),
     ("ik_neurok_z_iou", "IoU NeuROK z"),
     ("ik_neurok_frame_iou", "IoU NeuROK frame+q"),
+    ("ik_neurok_frame_z_iou", "IoU NeuROK frame+z"),
     ("ik_pca_iou", "IoU PCA k_q"),
+    ("ik_pca_frame_iou", "IoU PCA frame+k_q"),
     ("ik_pca_k_iou", "IoU PCA k"),
+    ("ik_pca_k_frame_iou", "IoU PCA frame+k"),
     ("ik_nn_iou", "IoU NN"),
     ("rollout_chamfer_l1", "rollout CD-L1"),
     ("rollout_chamfer_l1_2s", "rollout CD-L1 @2s"),
@@ -109,7 +115,7 @@ def markdown(rows: list[dict], speed: dict, cfg: EvalConfig, latent: dict[str, f
 
 
 # NeuROK's IK space -> the PCA baseline with as many coordinates (evaluate.inverse_kinematics)
-SAME_DIMENSION = {"q": "pca", "frame": "pca_frame", "z": "pca_k"}
+SAME_DIMENSION = {"q": "pca", "frame": "pca_frame", "z": "pca_k", "frame_z": "pca_k_frame"}
 TARGETS = {"test": 0.5, "heldout": 0.75}  # IK against the better baseline (issue 14)
 
 
