@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 
 from neurok.cli.main import main
@@ -98,3 +99,13 @@ def test_eval_of_a_trained_checkpoint_logs_to_a_child_of_its_training_run(tmp_pa
     assert child.info.run_name == "eval-science" and child.info.status == "FINISHED"
     assert "eval/elastic/test/gen_neurok_mmd" in child.data.metrics
     assert "summary.md" in {f.path.split("/")[-1] for f in client.list_artifacts(child.info.run_id, "eval")}
+
+
+def test_the_target_frame_is_the_one_that_moved_or_the_one_that_changed_shape_most():
+    from neurok.eval.evaluate import target_frame
+
+    rest = np.random.default_rng(0).normal(size=(50, 3))
+    squashed = rest * np.array([1.0, 0.8, 1.0])  # a small change of shape
+    turned_and_moved = rest @ np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) + 3.0
+    frames = np.stack([rest, squashed, turned_and_moved])
+    assert target_frame(frames, "motion") == 2 and target_frame(frames, "deformation") == 1

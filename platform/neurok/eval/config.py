@@ -44,6 +44,7 @@ class EvalConfig:
     split: str = "test"  # the split to evaluate; the held-out categories are added when `heldout`
     heldout: bool = True
     objects: int = 2  # sequences per (object type, split): the budget
+    target: str = "motion"  # the frame each case fits: motion (moved most) | deformation (changed shape most)
     surface_samples: int = 2048  # Chamfer/F-score points per shape (paper s9.2: 10k)
     fscore_threshold: float = 0.01  # in the store's normalisation (the rest shape spans the unit cube)
     grid: int = 32  # occupancy grid per axis for the volumetric IoU (paper s9.2: 64)

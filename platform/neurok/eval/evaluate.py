@@ -2,7 +2,8 @@
 
 Protocol (all in the store's normalisation; research/neurok-paper.md s7, s9.2 where the paper is silent):
 - cases: up to `objects` sequences per (object type, split), for the chosen split and the held-out one;
-  each case pairs the rest frame 0 with the frame deformed most (as the training plots do);
+  each case pairs the rest frame 0 with the frame that moved most (as the training plots do), or with
+  target=deformation the one whose shape changed most once its rigid motion is taken out;
 - reconstruction: E_vae's posterior mean on surface points of the pair, decoded at every vertex;
 - inverse kinematics (Table 1): fit the target's surface samples from the rest mesh by Chamfer L1 of
   the fitted vertices, with the same Adam steps for every method: in NeuROK's reduced coordinates q, on
@@ -64,7 +65,7 @@ class Case:
     split: str
     frames: np.ndarray  # (T, V, 3)
     faces: np.ndarray
-    target: int  # the frame deformed most
+    target: int  # the frame it fits (target_frame)
     inputs: dict  # E_vae's inputs for (rest, target)
     conditions: dict[str, float]
     flags: np.ndarray  # (V,) FLAG_* bits
@@ -104,12 +105,25 @@ def select_cases(store: Store, cfg: EvalConfig) -> list[int]:
     return chosen
 
 
+def target_frame(frames: np.ndarray, kind: str) -> int:
+    """The frame a case fits: the one that moved most (`motion`), or the one whose shape changed most once
+    its best rigid motion is taken out (`deformation`: what the latent is for; a rigid frame, NeuROK's or
+    PCA's, takes up the rest)."""
+    if kind == "motion":
+        return int(np.argmax(np.abs(frames - frames[0]).max(axis=(1, 2))))
+    if kind == "deformation":
+        masses = np.ones(frames.shape[1])
+        residual = [np.abs(checks.deformation(masses, frames[0], f)).max() for f in frames]
+        return int(np.argmax(residual))
+    raise BadInputError(f"eval: target must be 'motion' or 'deformation', got {kind!r}")
+
+
 def load_case(store: Store, s: int, cfg: EvalConfig, dual_quaternion: bool) -> Case:
     seq = store.sequence(s)
-    example = ReconstructionExamples._prepare(store, s, cfg.shape.points, dual_quaternion, cfg.seed)
     center, scale = store.norm_center[s], float(store.norm_scale[s])
     frames = ((seq.frames - center) / scale).astype(np.float32)
-    target = int(np.argmax(np.abs(frames - frames[0]).max(axis=(1, 2))))
+    target = target_frame(frames, cfg.target)
+    example = ReconstructionExamples._prepare(store, s, cfg.shape.points, dual_quaternion, cfg.seed, target)
     conditions = dict(zip(CONDITION_FIELDS, store.conditions[s].tolist(), strict=True))
     # generated scenes stand on MuJoCo's ground plane, y = 0 in the store's frame; ingested ones say nothing
     ground = -float(center[1]) / scale if store.attrs.get("provenance", {}).get("recipe") else None

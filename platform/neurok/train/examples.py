@@ -30,10 +30,14 @@ class ReconstructionExamples:
                 self.examples.append(self._prepare(store, int(s), points, dual_quaternion, seed))
 
     @staticmethod
-    def _prepare(store: Store, s: int, points: int, dual_quaternion: bool, seed: int) -> dict:
+    def _prepare(
+        store: Store, s: int, points: int, dual_quaternion: bool, seed: int, target: int | None = None
+    ) -> dict:
+        """E_vae's inputs for (frame 0, `target`), by default the frame that moved most."""
         seq = store.sequence(s)
         frames = sampling.normalise(seq.frames, store.norm_center[s], store.norm_scale[s])
-        target = int(np.argmax(np.abs(frames - frames[0]).max(axis=(1, 2))))
+        if target is None:
+            target = int(np.argmax(np.abs(frames - frames[0]).max(axis=(1, 2))))
         rest, moved = frames[0], frames[target]
         face, bary = sampling.sample_surface(rest, seq.faces, points, np.random.default_rng(seed))
         on_rest = sampling.interpolate(rest, seq.faces, face, bary)
