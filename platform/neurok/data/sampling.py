@@ -17,6 +17,11 @@ def normalise(frames: np.ndarray, center: np.ndarray, scale: float) -> np.ndarra
     return ((frames - center) / scale).astype(np.float32, copy=False)
 
 
+def most_moved_frame(frames: np.ndarray) -> int:
+    """The frame (T, V, 3) whose largest vertex displacement from frame 0 is largest."""
+    return int(np.argmax(np.abs(frames - frames[0]).max(axis=(1, 2))))
+
+
 def rotation_about_up(angle: float | np.ndarray) -> np.ndarray:
     """(..., 3, 3) rotations about the y (up) axis of the store's right-handed, y-up frame."""
     c, s = np.cos(angle), np.sin(angle)

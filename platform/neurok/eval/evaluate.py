@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from neurok.data import sampling
 from neurok.data.schema import CONDITION_FIELDS, FLAG_DRAGGED, FLAG_PINNED, FLAG_POKED, OBJECT_TYPES, SPLITS
 from neurok.data.store import Store
 from neurok.dynamics import (
@@ -110,7 +111,7 @@ def target_frame(frames: np.ndarray, kind: str) -> int:
     its best rigid motion is taken out (`deformation`: what the latent is for; a rigid frame, NeuROK's or
     PCA's, takes up the rest)."""
     if kind == "motion":
-        return int(np.argmax(np.abs(frames - frames[0]).max(axis=(1, 2))))
+        return sampling.most_moved_frame(frames)
     if kind == "deformation":
         masses = np.ones(frames.shape[1])
         residual = [np.abs(checks.deformation(masses, frames[0], f)).max() for f in frames]

@@ -37,7 +37,7 @@ class ReconstructionExamples:
         seq = store.sequence(s)
         frames = sampling.normalise(seq.frames, store.norm_center[s], store.norm_scale[s])
         if target is None:
-            target = int(np.argmax(np.abs(frames - frames[0]).max(axis=(1, 2))))
+            target = sampling.most_moved_frame(frames)
         rest, moved = frames[0], frames[target]
         face, bary = sampling.sample_surface(rest, seq.faces, points, np.random.default_rng(seed))
         on_rest = sampling.interpolate(rest, seq.faces, face, bary)
