@@ -66,7 +66,7 @@ def main() -> None:
 
     cfg = load_config(EvalConfig, "pipelines/eval.yaml", args.overrides)
     model, store = load_model(args.model), Store(args.data)
-    case = load_case(store, args.sequence, cfg, model.cfg.dual_quaternion)
+    case = load_case(store, args.sequence, cfg, model.cfg)
     start = time.perf_counter()
     shape = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
     reduction_s = time.perf_counter() - start

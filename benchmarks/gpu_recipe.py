@@ -60,7 +60,7 @@ def main() -> None:
     )
     pl.seed_everything(cfg.seed, verbose=False)
     module = NeurokModule.from_configs(cfg.model, cfg.optim, cfg.trainer.max_steps)
-    data = FramePairDataModule(cfg.data, cfg.model.dual_quaternion)
+    data = FramePairDataModule(cfg.data, cfg.model.dual_quaternion, cfg.model.deformation_only)
     gpu = torch.cuda.is_available()
     stall = InputStall()
     trainer = pl.Trainer(

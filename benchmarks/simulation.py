@@ -49,7 +49,7 @@ def paths(cfg, fast: bool):
 def object_rows(model, store: Store, cfg: EvalConfig) -> list[dict]:
     rows = []
     for s in select_cases(store, cfg):
-        case = load_case(store, s, cfg, model.cfg.dual_quaternion)
+        case = load_case(store, s, cfg, model.cfg)
         shape = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
         sampler = metrics.SurfaceSampler(case.frames[0], case.faces, cfg.surface_samples)
         runs = {

@@ -20,6 +20,7 @@ from neurok.data.loader import (
 )
 from neurok.data.store import Store
 from neurok.errors import BadInputError
+from neurok.geometry import without_rigid_motion
 from test_loader_stores import write_store
 
 torch.set_num_threads(1)
@@ -145,6 +146,22 @@ def test_point_correspondence_with_the_target_frame(store):
         face = inside.argmax(axis=1)
         expected = np.einsum("pk,pkc->pc", bary[np.arange(n_p), face], target[seq.faces[face]])
         np.testing.assert_allclose(points + batch["displacement"][b].numpy(), expected, atol=1e-5)
+
+
+def test_removing_rigid_motion_leaves_each_pairs_deformation(store):
+    cfg = config(store, augment=AugmentConfig(rotate=False, scale=[1.0, 1.0]))
+    plain, aligned = (next(iter(make_loader(cfg, remove_rigid=remove))) for remove in (False, True))
+    assert torch.equal(plain["frames"], aligned["frames"]) and torch.equal(plain["points"], aligned["points"])
+    st = Store(store)
+    for b in range(len(aligned["points"])):
+        s, (i, j) = int(aligned["sequence"][b]), aligned["frames"][b].tolist()
+        seq = st.sequence(s)
+        rest, target = sampling.normalise(seq.frames[[i, j]], st.norm_center[s], st.norm_scale[s])
+        vertices = aligned["vertices"][b].numpy()
+        chosen = np.linalg.norm(vertices[:, None] - rest[None], axis=-1).argmin(axis=1)
+        expected = without_rigid_motion(rest, target)[chosen] - rest[chosen]
+        np.testing.assert_allclose(aligned["vertex_displacement"][b].numpy(), expected, atol=1e-5)
+    assert aligned["displacement"].abs().mean() < plain["displacement"].abs().mean()  # less than all motion
 
 
 def test_augmentation_is_a_rotation_about_up_and_a_scale(store):

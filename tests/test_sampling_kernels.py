@@ -57,8 +57,9 @@ def test_pair_samples_match_numpy_on_a_shard_of_two_sequences():
     uniform = sampling.surface_draws(rng, 3, n)
     out = np.full((3, 6 * (n + m) + 5), np.nan, np.float32)
     sampling.pair_samples(
-        vertices, faces, rows[which], pairs, center, scale, linear, uniform, rng.random((3, m)), out
-    )
+        vertices, faces, rows[which], pairs, center, scale, sampling.frame_maps(linear), uniform,
+        rng.random((3, m)), out,
+    )  # fmt: skip
     assert np.isnan(out[:, 6 * (n + m) :]).all()  # nothing beyond the geometry's blocks
     for k, s in enumerate(which):
         rest, target = sampling.normalise(frames[s][pairs[k]], center[k], scale[k]) @ linear[k].T
@@ -82,7 +83,7 @@ def test_pair_samples_choose_vertices_uniformly_and_repeat_only_when_asked_for_m
         np.array([[0, 10, 0, 1]] * 4000),
         np.zeros((4000, 2), np.int64),
     )
-    identity = np.tile(np.eye(3, dtype=np.float32), (4000, 1, 1))
+    identity = sampling.frame_maps(np.tile(np.eye(3, dtype=np.float32), (4000, 1, 1)))
 
     def chosen(m: int, k: int) -> np.ndarray:
         out = np.empty((k, 6 * (1 + m)), np.float32)
@@ -101,3 +102,21 @@ def test_pair_samples_choose_vertices_uniformly_and_repeat_only_when_asked_for_m
     np.testing.assert_allclose(np.bincount(index[:, -1], minlength=10) / len(index), 0.1, atol=0.02)
     repeats = chosen(12, 5)  # more than there are: independent picks
     assert repeats.shape == (5, 12) and repeats.min() >= 0 and repeats.max() <= 9
+
+
+def test_frame_maps_undo_the_targets_rigid_motion_and_keep_its_deformation():
+    rng = np.random.default_rng(4)
+    rest = rng.standard_normal((40, 3))
+    bent = rest + [0.0, 0.1, 0.0] * rest[:, :1] ** 2  # a deformation, with some rigid part of its own
+    turn = sampling.rotation_about_up(np.array(0.9)).astype(np.float64)
+    linear = sampling.rotation_about_up(np.array([0.3])) * np.float32(1.2)
+    mapped = lambda maps, x: x @ maps[0, 1, :, :3].T + maps[0, 1, :, 3]  # noqa: E731
+    rigid_only = sampling.frame_maps(linear, [(rest, rest @ turn.T + 1.0)])
+    np.testing.assert_allclose(rigid_only[0, 0], np.concatenate([linear[0], np.zeros((3, 1))], axis=1))
+    np.testing.assert_allclose(mapped(rigid_only, rest @ turn.T + 1.0), rest @ linear[0].T, atol=1e-5)
+    # turned and carried far away: the same displacements as the bend in place, augmented like the rest
+    travelled = bent @ turn.T + [3.0, -2.0, 0.5]
+    far = mapped(sampling.frame_maps(linear, [(rest, travelled)]), travelled) - rest @ linear[0].T
+    near = mapped(sampling.frame_maps(linear, [(rest, bent)]), bent) - rest @ linear[0].T
+    np.testing.assert_allclose(far, near, atol=1e-5)
+    assert np.abs(far).max() < np.abs(bent - rest).max() < 3.0 < np.abs(travelled - rest).max()

@@ -1,4 +1,5 @@
-"""Point-set geometry shared by the model, the dynamics and the evaluation: Chamfer distances.
+"""Point-set geometry shared by the data, the model, the dynamics and the evaluation: Chamfer distances and
+the best rigid fit between two poses of a mesh.
 
 Imports nothing from the project, so every stage can use it.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 
 
@@ -35,3 +37,24 @@ def chamfer_distance(
     elif kind != "l1":
         raise ValueError(f"chamfer_distance: kind must be 'l1' or 'l2', got {kind!r}")
     return 0.5 * (ab.mean(dim=-1) + ba.mean(dim=-1))
+
+
+def rigid_fit(
+    rest: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rigid motion that best carries `rest` (V, 3) onto `x` (V, 3) in weighted least squares (Kabsch,
+    a proper rotation): (R (3, 3), c_rest (3,), c_x (3,)) with x ~ (rest - c_rest) @ R.T + c_x. Uniform
+    weights by default."""
+    w = np.ones(len(rest)) if weights is None else np.asarray(weights, np.float64)
+    rest, x = np.asarray(rest, np.float64), np.asarray(x, np.float64)
+    c_rest, c_x = w @ rest / w.sum(), w @ x / w.sum()
+    U, _, Vt = np.linalg.svd(np.einsum("v,vi,vj->ij", w, x - c_x, rest - c_rest))
+    flip = np.sign(np.linalg.det(U @ Vt)) or 1.0
+    return U @ np.diag([1.0, 1.0, flip]) @ Vt, c_rest, c_x
+
+
+def without_rigid_motion(rest: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """x (V, 3) with its best rigid motion from `rest` undone: its pose in the rest frame, so that what
+    differs from `rest` is deformation alone."""
+    R, c_rest, c_x = rigid_fit(rest, x, weights)
+    return (np.asarray(x, np.float64) - c_x) @ R + c_rest

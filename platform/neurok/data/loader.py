@@ -253,10 +253,13 @@ class FramePairStream(IterableDataset):
         world: int,
         train: bool,
         dual_quaternion: bool,
+        remove_rigid: bool = False,
     ):
         self.cfg, self.split, self.shards = cfg, split, list(shards)
         self.batches_per_worker = batches_per_worker
         self.rank, self.world, self.train, self.dual_quaternion = rank, world, train, dual_quaternion
+        # the target frame's best rigid motion onto the rest frame is undone: the model sees deformation alone
+        self.remove_rigid = remove_rigid
         self.epoch = 0
         self.start_batch = 0
         self.ring_prefix = ""  # named per epoch by EpochLoader
@@ -348,6 +351,10 @@ class FramePairStream(IterableDataset):
         rows = (rows - [first_rows[0], 0, first_rows[1], 0]).astype(np.int64)
         center, scale = store.norm_center[sequences], store.norm_scale[sequences]
         augmentation = self._augmentation(n, rng)
+        poses = None
+        if self.remove_rigid:
+            poses = (self._poses(arrays, rows[k], pairs[k], center[k], scale[k]) for k in range(n))
+        maps = sampling.frame_maps(augmentation, poses)
         layout = self._layout(store.conditions.shape[1])
         floats, ints = (np.empty((n, _row_length(layout, kind)), kind) for kind in (np.float32, np.int64))
         # Area ratios survive the rotation and uniform scale: sampling the augmented rest frame is exact.
@@ -359,7 +366,7 @@ class FramePairStream(IterableDataset):
             pairs,
             center,
             scale,
-            augmentation,
+            maps,
             uniform,
             rng.random((n, cfg.vertices)),
             floats,
@@ -369,7 +376,7 @@ class FramePairStream(IterableDataset):
         if self.dual_quaternion:
             for k, row in enumerate(rows):
                 fields["dual_quaternion"][k] = self._dual_quaternions(
-                    arrays, row, pairs[k], center[k], scale[k], augmentation[k], uniform[k]
+                    arrays, row, pairs[k], center[k], scale[k], maps[k], uniform[k]
                 )
         fields["frames"][:] = pairs
         fields["category"][:] = index[:, _COL["category"]]
@@ -389,16 +396,22 @@ class FramePairStream(IterableDataset):
             (k, np.int64, shape) for k, shape in ints.items()
         ]
 
-    def _dual_quaternions(self, arrays, row, pair, center, scale, linear, uniform) -> np.ndarray:
-        """(points, 8): per-vertex rigid motions from the pair's rest to its target frame, normalised and
-        mapped as `sampling.pair_samples` does for the pair's `row`, blended at the input points (the first
-        `points` of the pair's surface draws (3, n), so the pair's own points)."""
-        first, n_vertices, first_face, n_faces = row
-        rest, target = (
-            sampling.normalise(arrays["vertices"][at : at + n_vertices], center, scale) @ linear.T
+    @staticmethod
+    def _poses(arrays, row, pair, center, scale) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised vertices (V, 3) of a pair's rest and target frames; `row` as in `make_samples`."""
+        first, n_vertices = row[0], row[1]
+        return tuple(
+            sampling.normalise(arrays["vertices"][at : at + n_vertices], center, scale)
             for at in first + pair * n_vertices
         )
-        faces = arrays["faces"][first_face : first_face + n_faces]
+
+    def _dual_quaternions(self, arrays, row, pair, center, scale, maps, uniform) -> np.ndarray:
+        """(points, 8): per-vertex rigid motions from the pair's rest to its target frame, normalised and
+        mapped by `maps` (2, 3, 4) as `sampling.pair_samples` does for the pair's `row`, blended at the input
+        points (the first `points` of the pair's surface draws (3, n), so the pair's own points)."""
+        poses = self._poses(arrays, row, pair, center, scale)
+        rest, target = (x @ m[:, :3].T + m[:, 3] for x, m in zip(poses, maps, strict=True))
+        faces = arrays["faces"][row[2] : row[2] + row[3]]
         dq = sampling.vertex_dual_quaternions(rest, target, faces)
         draws = np.ascontiguousarray(uniform[None, :, : self.cfg.points])
         face, bary = sampling.sample_surfaces(rest[None], faces, draws)
@@ -490,6 +503,7 @@ def make_loader(
     world: int = 1,
     dual_quaternion: bool = False,
     store: Store | None = None,
+    remove_rigid: bool = False,
 ) -> EpochLoader:
     """The loader of one rank for one split. Training splits augment, advance epochs and can resume;
     evaluation splits replay the same batches every time."""
@@ -515,7 +529,9 @@ def make_loader(
         workers = len(shards) // world  # evaluation only: fewer workers rather than an error
     pairs = len(sequences) * cfg.pairs_per_sequence
     per_worker = max(1, pairs // (world * max(workers, 1) * cfg.batch_size))
-    stream = FramePairStream(cfg, split, shards, per_worker, rank, world, train, dual_quaternion)
+    stream = FramePairStream(
+        cfg, split, shards, per_worker, rank, world, train, dual_quaternion, remove_rigid
+    )
     if workers == 0:
         stream._store = store  # same process: no need to reopen
     return EpochLoader(stream, workers, cfg.start_method, advance=train)
@@ -524,9 +540,9 @@ def make_loader(
 class FramePairDataModule(pl.LightningDataModule):
     """Train/val/test loaders of one store, split by object through the store's `split` column."""
 
-    def __init__(self, cfg: LoaderConfig, dual_quaternion: bool = False):
+    def __init__(self, cfg: LoaderConfig, dual_quaternion: bool = False, remove_rigid: bool = False):
         super().__init__()
-        self.cfg, self.dual_quaternion = cfg, dual_quaternion
+        self.cfg, self.dual_quaternion, self.remove_rigid = cfg, dual_quaternion, remove_rigid
         self.store: Store | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -535,7 +551,7 @@ class FramePairDataModule(pl.LightningDataModule):
     def _loader(self, split: str) -> EpochLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         self.setup()
-        return make_loader(self.cfg, split, rank, world, self.dual_quaternion, self.store)
+        return make_loader(self.cfg, split, rank, world, self.dual_quaternion, self.store, self.remove_rigid)
 
     def has_split(self, split: str) -> bool:
         self.setup()

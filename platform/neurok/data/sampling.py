@@ -7,9 +7,13 @@ call each; their per-point work runs in numba kernels.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numba
 import numpy as np
 from scipy.spatial.transform import Rotation
+
+from neurok.geometry import rigid_fit
 
 
 def normalise(frames: np.ndarray, center: np.ndarray, scale: float) -> np.ndarray:
@@ -28,6 +32,19 @@ def rotation_about_up(angle: float | np.ndarray) -> np.ndarray:
     zero, one = np.zeros_like(c), np.ones_like(c)
     rows = [c, zero, s, zero, one, zero, -s, zero, c]
     return np.stack(rows, axis=-1).reshape(*np.shape(angle), 3, 3).astype(np.float32)
+
+
+def frame_maps(linear: np.ndarray, poses: Iterable[tuple[np.ndarray, np.ndarray]] | None = None):
+    """(K, 2, 3, 4) affine maps of `pair_samples`' rest and target frames: linear (K, 3, 3) (augmentation)
+    for both; with `poses`, each pair's normalised (rest, target) vertices, the target's best rigid motion
+    onto its rest is undone before (`geometry.rigid_fit`), so the pair's displacements are deformation."""
+    maps = np.zeros((len(linear), 2, 3, 4), np.float32)
+    maps[:, :, :, :3] = linear[:, None]
+    for k, (rest, target) in enumerate(poses or ()):
+        R, c_rest, c_target = rigid_fit(rest, target)  # target ~ (rest - c_rest) R^T + c_target
+        maps[k, 1, :, :3] = linear[k] @ R.T
+        maps[k, 1, :, 3] = linear[k] @ (c_rest - R.T @ c_target)
+    return maps
 
 
 def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator):
@@ -218,12 +235,13 @@ _FAST = {"contract", "reassoc", "nsz", "arcp", "afn"}
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def pair_samples(vertices, faces, rows, pairs, center, scale, linear, uniform, vertex_uniform, out):
+def pair_samples(vertices, faces, rows, pairs, center, scale, maps, uniform, vertex_uniform, out):
     """The geometry of K training samples, each a frame pair of any sequence of a shard, into out (K, >= L).
 
     vertices (N, 3), faces (M, 3): a shard's stacked rows; rows[k] = (first vertex row, V, first face row,
     F) of pair k's sequence, whose frame t is vertices[first + t V : first + (t + 1) V]. Frames pairs[k] =
-    (rest, target) are normalised by center[k] (3,), scale[k] and mapped by linear[k] (3, 3) (augmentation).
+    (rest, target) are normalised by center[k] (3,), scale[k], then mapped by the affine maps[k, 0] and
+    maps[k, 1] (3, 4) (augmentation, and the target's rigid motion taken out: `frame_maps`).
     Pair k's row gets, as float32 blocks:
     - (2, n, 3): n = uniform.shape[2] points uniform over the rest mesh's area (`sample_surfaces`' draws
       uniform[k] (3, n)), then their displacements to the same faces' points on the target;
@@ -238,8 +256,8 @@ def pair_samples(vertices, faces, rows, pairs, center, scale, linear, uniform, v
         first, n_vertices, first_face, n_faces = rows[k, 0], rows[k, 1], rows[k, 2], rows[k, 3]
         mesh_faces = faces[first_face : first_face + n_faces]
         rest_at, target_at = first + pairs[k, 0] * n_vertices, first + pairs[k, 1] * n_vertices
-        _normalised(vertices[rest_at : rest_at + n_vertices], center[k], scale[k], linear[k], rest)
-        _normalised(vertices[target_at : target_at + n_vertices], center[k], scale[k], linear[k], target)
+        _normalised(vertices[rest_at : rest_at + n_vertices], center[k], scale[k], maps[k, 0], rest)
+        _normalised(vertices[target_at : target_at + n_vertices], center[k], scale[k], maps[k, 1], target)
         surface = out[k, : 6 * n].reshape(2, n, 3)
         _carry_surface(rest, target, mesh_faces, uniform[k], cdf[:n_faces], surface)
         at_vertices = out[k, 6 * n : 6 * (n + m)].reshape(2, m, 3)
@@ -247,14 +265,14 @@ def pair_samples(vertices, faces, rows, pairs, center, scale, linear, uniform, v
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def _normalised(frame, center, scale, linear, out):
-    """A frame (V, 3) normalised as `normalise` does, then mapped by linear (3, 3), into out[:V]."""
+def _normalised(frame, center, scale, affine, out):
+    """A frame (V, 3) normalised as `normalise` does, then mapped by affine (3, 4), into out[:V]."""
     for v in range(len(frame)):
         x = (frame[v, 0] - center[0]) / scale
         y = (frame[v, 1] - center[1]) / scale
         z = (frame[v, 2] - center[2]) / scale
         for i in range(3):
-            out[v, i] = linear[i, 0] * x + linear[i, 1] * y + linear[i, 2] * z
+            out[v, i] = affine[i, 0] * x + affine[i, 1] * y + affine[i, 2] * z + affine[i, 3]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)

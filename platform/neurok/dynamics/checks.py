@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from neurok.geometry import without_rigid_motion
+
 
 @dataclass(frozen=True)
 class Check:
@@ -125,12 +127,7 @@ def momentum_drift(scene: Scene, vertices: np.ndarray, velocities: np.ndarray) -
 def deformation(masses: np.ndarray, rest: np.ndarray, x: np.ndarray) -> np.ndarray:
     """x (V, 3) with its best rigid fit to `rest` removed (weighted Kabsch): what is left is deformation,
     in the rest frame; (V, 3) displacements from the rest mesh."""
-    c0, c = _centroid(masses, rest), _centroid(masses, x)
-    H = np.einsum("v,vi,vj->ij", masses, x - c, rest - c0)
-    U, _, Vt = np.linalg.svd(H)
-    flip = np.sign(np.linalg.det(U @ Vt))
-    R = U @ np.diag([1.0, 1.0, flip]) @ Vt  # rest frame -> world
-    return (x - c) @ R - (rest - c0)
+    return without_rigid_motion(rest, x, masses) - rest
 
 
 def poke_response(

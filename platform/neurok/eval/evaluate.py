@@ -49,7 +49,8 @@ from neurok.eval import metrics
 from neurok.eval.baselines import DeformationBank, NearestBaseline, PCABaseline, grid_anchors
 from neurok.eval.config import EvalConfig
 from neurok.eval.rollout_files import MeshRollout, checked_scene, reduced_model_shape, simulated_body
-from neurok.model import NeuROK
+from neurok.geometry import without_rigid_motion
+from neurok.model import ModelConfig, NeuROK
 from neurok.model.diagnostics import latent_diagnostics
 from neurok.train.examples import ReconstructionExamples
 
@@ -68,6 +69,7 @@ class Case:
     faces: np.ndarray
     target: int  # the frame it fits (target_frame)
     inputs: dict  # E_vae's inputs for (rest, target)
+    encoded: np.ndarray  # (V, 3) the target as E_vae reads it (a deformation-only model: rigid motion undone)
     conditions: dict[str, float]
     flags: np.ndarray  # (V,) FLAG_* bits
     center: np.ndarray
@@ -119,23 +121,25 @@ def target_frame(frames: np.ndarray, kind: str) -> int:
     raise BadInputError(f"eval: target must be 'motion' or 'deformation', got {kind!r}")
 
 
-def load_case(store: Store, s: int, cfg: EvalConfig, dual_quaternion: bool) -> Case:
+def load_case(store: Store, s: int, cfg: EvalConfig, model: ModelConfig) -> Case:
     seq = store.sequence(s)
     center, scale = store.norm_center[s], float(store.norm_scale[s])
     frames = ((seq.frames - center) / scale).astype(np.float32)
     target = target_frame(frames, cfg.target)
-    example = ReconstructionExamples._prepare(store, s, cfg.shape.points, dual_quaternion, cfg.seed, target)
+    example = ReconstructionExamples._prepare(store, s, cfg.shape.points, model, cfg.seed, target)
     conditions = dict(zip(CONDITION_FIELDS, store.conditions[s].tolist(), strict=True))
     # generated scenes stand on MuJoCo's ground plane, y = 0 in the store's frame; ingested ones say nothing
     ground = -float(center[1]) / scale if store.attrs.get("provenance", {}).get("recipe") else None
     return Case(
         s, seq.name, seq.object_type, seq.split, frames, seq.faces.astype(np.int64), target,
-        example["inputs"], conditions, seq.vertex_flags, center, scale, ground,
+        example["inputs"], example["target"], conditions, seq.vertex_flags, center, scale, ground,
     )  # fmt: skip
 
 
-def training_bank(store: Store, cfg: EvalConfig) -> DeformationBank:
-    """The baselines' training deformations: a few frames of up to cfg.baseline_sequences train sequences."""
+def training_bank(store: Store, cfg: EvalConfig, rigid: bool = True) -> DeformationBank:
+    """The baselines' training deformations: a few frames of up to cfg.baseline_sequences train sequences;
+    without `rigid`, each frame's best rigid motion from frame 0 undone (what a subspace on a rigid frame
+    needs: the frame carries the rest)."""
     rng = np.random.default_rng(cfg.seed)
     train = np.flatnonzero(store.column("split") == SPLITS.index("train"))
     if len(train) == 0:
@@ -149,7 +153,10 @@ def training_bank(store: Store, cfg: EvalConfig) -> DeformationBank:
         picked = rng.choice(
             np.arange(1, len(frames)), min(cfg.baseline_frames, len(frames) - 1), replace=False
         )
-        examples.append((frames[0], frames[picked] - frames[0]))
+        poses = frames[picked]
+        if not rigid:
+            poses = np.stack([without_rigid_motion(frames[0], f) for f in poses])
+        examples.append((frames[0], poses - frames[0]))
     return DeformationBank.fit(examples, grid_anchors(cfg.anchors))
 
 
@@ -162,7 +169,7 @@ def reduction_values(shape: ReducedShape) -> dict[str, float]:
 def reconstruction(
     model: NeuROK, shape: ReducedShape, case: Case, sampler: metrics.SurfaceSampler, cfg: EvalConfig
 ) -> dict[str, float]:
-    target = case.frames[case.target]
+    target = case.encoded
     with torch.no_grad():
         mu, _ = model.encode_deformation(
             case.inputs["points"], case.inputs["displacement"], case.inputs.get("dual_quaternion")
@@ -209,14 +216,16 @@ def inverse_kinematics(
 
 def object_states(store: Store, case: Case, n: int, rng: np.random.Generator) -> np.ndarray:
     """(<= n, V, 3): frames drawn from every sequence of the case's object, each in its own normalisation
-    (the true states a generative model of that object should cover)."""
+    and carried by its best rigid motion onto the case's rest mesh (the shapes a generative model of that
+    object should cover; where it stands is the rigid frame's business)."""
     objects = store.column("object_id")
     frames = []
     for s in np.flatnonzero(objects == objects[case.index]):
         seq = store.sequence(int(s))
         frames.append((seq.frames - store.norm_center[s]) / store.norm_scale[s])
-    states = np.concatenate(frames).astype(np.float32)
-    return states[rng.choice(len(states), min(n, len(states)), replace=False)]
+    states = np.concatenate(frames)
+    states = states[rng.choice(len(states), min(n, len(states)), replace=False)]
+    return np.stack([without_rigid_motion(case.frames[0], x) for x in states]).astype(np.float32)
 
 
 def generative(
@@ -224,7 +233,9 @@ def generative(
 ) -> dict[str, float]:
     """Prior samples of the object (z ~ N(mu_cond, I), decoded) against its true states, beside as many
     samples of a Gaussian fitted to the training deformations in PCA space (metrics.generative_scores), on
-    cfg.generative_points surface samples a shape: the metric compares (2S choose 2) pairs of shapes."""
+    cfg.generative_points surface samples a shape: the metric compares (2S choose 2) pairs of shapes.
+    Shapes compare modulo rigid motion: each sample and state is carried onto the rest mesh, and `pca` is
+    fitted to deformations with their rigid motion undone."""
     rng = np.random.default_rng(cfg.seed + case.index)
     sampler = metrics.SurfaceSampler(case.frames[0], case.faces, cfg.generative_points, cfg.seed)
     references = sampler(object_states(store, case, cfg.generative_samples, rng))
@@ -234,7 +245,8 @@ def generative(
         ours = torch.stack([latent.decode(zi.to(latent.mu_cond.dtype)) for zi in z]).float()
     theirs = pca.sample(case.frames[0], len(references), rng)
     values = {}
-    for method, samples in (("neurok", ours), ("pca_gauss", theirs)):
+    for method, samples in (("neurok", ours.numpy()), ("pca_gauss", theirs)):
+        samples = np.stack([without_rigid_motion(case.frames[0], x) for x in samples]).astype(np.float32)
         scores = metrics.generative_scores(sampler(samples), references)
         values |= {f"gen_{method}_{k}": v for k, v in scores.items()}
     return values
@@ -387,11 +399,11 @@ def latent_use(model: NeuROK, cases: list[Case]) -> dict[str, float]:
 def evaluate(model: NeuROK, store: Store, cfg: EvalConfig) -> EvalResult:
     torch.manual_seed(cfg.seed)
     indices = select_cases(store, cfg)
-    bank = training_bank(store, cfg)
+    bank, deformations = training_bank(store, cfg), training_bank(store, cfg, rigid=False)
     nearest = NearestBaseline(bank)
     results, speed, cases = [], {}, []
     for n, s in enumerate(indices):
-        case = load_case(store, s, cfg, model.cfg.dual_quaternion)
+        case = load_case(store, s, cfg, model.cfg)
         cases.append(case)
         log.info("eval %d/%d: %s (%s, %s)", n + 1, len(indices), case.name, case.object_type, case.split)
         shape = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
@@ -401,14 +413,14 @@ def evaluate(model: NeuROK, store: Store, cfg: EvalConfig) -> EvalResult:
         result.values |= reconstruction(model, shape, case, sampler, cfg)
         pcas = {
             "pca": PCABaseline(bank, shape.dims),
-            "pca_frame": PCABaseline(bank, shape.dims, frame=True),
+            "pca_frame": PCABaseline(deformations, shape.dims, frame=True),
             "pca_k": PCABaseline(bank, shape.latent.latent_dims),
-            "pca_k_frame": PCABaseline(bank, shape.latent.latent_dims, frame=True),
+            "pca_k_frame": PCABaseline(deformations, shape.latent.latent_dims, frame=True),
         }
         result.values["pca_k_dims"] = float(pcas["pca_k"].dims)
         result.values |= inverse_kinematics(shape, case, sampler, pcas, nearest, cfg.dynamics.ik, cfg.grid)
         if cfg.generative_samples:
-            result.values |= generative(shape, case, store, pcas["pca_k"], cfg)
+            result.values |= generative(shape, case, store, pcas["pca_k_frame"], cfg)
         if sum(r.rollout is not None or "rollout_failed" in r.values for r in results) < cfg.rollouts:
             values, result.horizon, result.rollout = simulation(shape, case, sampler, cfg)
             result.values |= values

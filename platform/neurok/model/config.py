@@ -23,6 +23,10 @@ class ModelConfig:
     kl_weight: float = 0.01  # lambda of the paper's loss
     field_points: int = 4096  # the reconstruction term is scaled as a sum over this many points (see losses)
     dual_quaternion: bool = False  # E_vae also reads per-point dual quaternions of the local motion
+    # Trained on frame pairs whose target has its best rigid motion onto the rest frame undone (Kabsch): the
+    # latent spends nothing on travel and turning, which IK and rollouts carry on their rigid frame
+    # (dynamics.rigid); without it, a rigid frame and the latent both represent rigid motion.
+    deformation_only: bool = False
     fused_attention: bool = True  # encoders use fused SDPA; the decoder never does (torch.func, traps.md 1)
     # D's output per query: a displacement (the "w/o dual quaternion" ablation, s7.3), or a rigid motion
     # as a unit dual quaternion that moves the query, blended (DQB) at the mesh vertices (s9.2)

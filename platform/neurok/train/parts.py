@@ -61,12 +61,12 @@ def fit_parts(cfg: TrainConfig, uri: str, run_id: str, resumed: bool) -> FitPart
     store = open_store(cfg.data.store)
     pl.seed_everything(cfg.seed, verbose=False)
     module = NeurokModule.from_configs(cfg.model, cfg.optim, cfg.trainer.max_steps)
-    data = FramePairDataModule(cfg.data, cfg.model.dual_quaternion)
+    data = FramePairDataModule(cfg.data, cfg.model.dual_quaternion, cfg.model.deformation_only)
     has_val = data.has_split("val")
     figure = None
     if cfg.trainer.plot_objects > 0:
         figure = ReconstructionExamples(
-            cfg.data.store, cfg.trainer.plot_objects, cfg.data.points, cfg.model.dual_quaternion, cfg.seed
+            cfg.data.store, cfg.trainer.plot_objects, cfg.data.points, cfg.model, cfg.seed
         )
     tracking = MlflowRunCallback(
         uri,

@@ -24,7 +24,7 @@ def measure(model: NeuROK, store: Store, split: str, cfg: EvalConfig) -> dict[st
     torch.manual_seed(cfg.seed)
     values: dict[str, list[float]] = {}
     for n, s in enumerate(select_cases(store, cfg)):
-        case = load_case(store, s, cfg, model.cfg.dual_quaternion)
+        case = load_case(store, s, cfg, model.cfg)
         shape = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
         sampler = metrics.SurfaceSampler(case.frames[0], case.faces, cfg.surface_samples, cfg.seed)
         recon = reconstruction(model, shape, case, sampler, cfg)
