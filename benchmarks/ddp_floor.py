@@ -55,7 +55,7 @@ def time_steps(preset: str, steps: int, ddp: bool) -> float:
         if i == WARMUP:
             start = time.perf_counter()
         optimizer.zero_grad()
-        cvae_loss(model(batch), batch, cfg.kl_weight, cfg.field_points)["loss"].backward()
+        cvae_loss(model(batch), batch, cfg)["loss"].backward()
         optimizer.step()
     return (time.perf_counter() - start) / steps
 

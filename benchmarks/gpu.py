@@ -159,7 +159,7 @@ def step_rate(
     def step(i: int) -> None:
         batch = batches[i % len(batches)]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = cvae_loss(model(batch), batch, cfg.model.kl_weight, cfg.model.field_points)["loss"]
+            loss = cvae_loss(model(batch), batch, cfg.model)["loss"]
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

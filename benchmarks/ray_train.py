@@ -108,7 +108,7 @@ def comm_worker(config: dict) -> None:
         grads = torch.zeros(sum(p.numel() for p in model.parameters()))
 
         def step(ddp=ddp, model=model):
-            loss = cvae_loss(ddp(batch), batch, model.cfg.kl_weight, model.cfg.field_points)["loss"]
+            loss = cvae_loss(ddp(batch), batch, model.cfg)["loss"]
             loss.backward()
 
         def reduce(grads=grads):

@@ -137,7 +137,7 @@ def training_rate(preset: str, store_path: str, steps: int = 12) -> dict:
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(batch) -> None:
-        loss = cvae_loss(model(batch), batch, cfg.model.kl_weight, cfg.model.field_points)["loss"]
+        loss = cvae_loss(model(batch), batch, cfg.model)["loss"]
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

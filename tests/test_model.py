@@ -108,6 +108,21 @@ def test_kl_matches_torch_distributions():
     torch.testing.assert_close(kl_divergence(mu, logvar, mu_cond), expected)
 
 
+def test_free_bits_charge_a_floor_and_no_gradient_below_it():
+    batch = {"query_displacement": torch.zeros(2, 3, 3)}
+    mu = torch.tensor([[[0.1, 3.0]], [[-0.1, 3.0]]], requires_grad=True)  # dim 0: 0.005 nats, dim 1: 4.5
+    out = {"deformation": torch.zeros(2, 3, 3), "mu": mu, "logvar": torch.zeros(2, 1, 2)}
+    out["mu_cond"] = torch.zeros(2, 1, 2)
+    cfg = ModelConfig(kl_weight=0.1, kl_free_bits=0.5, field_points=1)
+    losses = cvae_loss(out, batch, cfg)
+    torch.testing.assert_close(losses["kl"], torch.tensor(0.005 + 4.5))  # the true KL is reported
+    torch.testing.assert_close(losses["loss"], torch.tensor(0.1 * (0.5 + 4.5)))  # dim 0 costs the floor
+    losses["loss"].backward()
+    assert torch.all(mu.grad[..., 0] == 0) and torch.all(mu.grad[..., 1] > 0)
+    plain = cvae_loss(out, batch, replace(cfg, kl_free_bits=0.0))
+    torch.testing.assert_close(plain["loss"], torch.tensor(0.1 * 4.505))
+
+
 def test_chamfer_and_vertex_driving():
     a = torch.rand(1, 50, 3)
     assert chamfer(a, a)[0].item() == 0.0
@@ -135,7 +150,7 @@ def test_overfits_one_batch(decoder_output):
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(150):
-        loss = cvae_loss(model(batch), batch, cfg.kl_weight, cfg.field_points)["loss"]
+        loss = cvae_loss(model(batch), batch, cfg)["loss"]
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

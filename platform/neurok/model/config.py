@@ -21,6 +21,7 @@ class ModelConfig:
     ff_mult: int = 4  # GEGLU hidden width = ff_mult * width
     k_drive: int = 8  # mesh vertices follow their K nearest query points (mean, or DQ blending)
     kl_weight: float = 0.01  # lambda of the paper's loss
+    kl_free_bits: float = 0.0  # nats per latent dimension the KL term does not penalise (losses.cvae_loss)
     field_points: int = 4096  # the reconstruction term is scaled as a sum over this many points (see losses)
     dual_quaternion: bool = False  # E_vae also reads per-point dual quaternions of the local motion
     # Trained on frame pairs whose target has its best rigid motion onto the rest frame undone (Kabsch): the

@@ -25,6 +25,7 @@ from torch.func import jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from neurok.model.cvae import NeuROK
+from neurok.model.losses import kl_terms
 
 ACTIVE_VARIANCE = 0.01  # Burda et al. 2016's threshold on Var(posterior mean)
 
@@ -53,8 +54,7 @@ class LatentDiagnostics:
 
 def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor, mu_cond: torch.Tensor) -> torch.Tensor:
     """(k,) KL of each flattened latent coordinate, mean over the batch."""
-    per_coordinate = 0.5 * (logvar.exp() + (mu - mu_cond).square() - 1.0 - logvar)
-    return per_coordinate.flatten(1).mean(dim=0)
+    return kl_terms(mu, logvar, mu_cond).flatten(1).mean(dim=0)
 
 
 def active_dimensions(mu: torch.Tensor, mu_cond: torch.Tensor) -> int:

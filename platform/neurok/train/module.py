@@ -36,7 +36,7 @@ class NeurokModule(pl.LightningModule):
         return cls(asdict(model), asdict(optim), max_steps)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = cvae_loss(self.model(batch), batch, self.model.cfg.kl_weight, self.model.cfg.field_points)
+        losses = cvae_loss(self.model(batch), batch, self.model.cfg)
         self.log("train/loss", losses["loss"], prog_bar=True)
         self.log("train/loss_epoch", losses["loss"], on_step=False, on_epoch=True)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
@@ -45,9 +45,7 @@ class NeurokModule(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.model(batch, sample=False)  # the posterior mean: deterministic reconstruction
         cfg = self.model.cfg
-        values = cvae_loss(out, batch, cfg.kl_weight, cfg.field_points) | reconstruction_metrics(
-            out, batch, cfg.k_drive
-        )
+        values = cvae_loss(out, batch, cfg) | reconstruction_metrics(out, batch, cfg.k_drive)
         size = batch["points"].shape[0]
         self.log("val/loss", values.pop("loss"), prog_bar=True, sync_dist=True, batch_size=size)
         self.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True, batch_size=size)
