@@ -2,8 +2,8 @@
 
 Scenes on a torus (lying flat) and a box of ~1200 vertices, about 2 m across: free fall, a throw with
 spin (no forces: momentum), a poke, pinned under gravity, dropped on a ground plane, and a long undamped
-oscillation (energy over 240 steps, alone and batched is covered by tests). Each scene prints its checks (target,
-value, verdict), and the table goes to benchmarks/results/physics.{json,md}.
+oscillation (energy over 240 steps, alone and batched is covered by tests). Each scene prints its checks
+(target, value, verdict), and the table goes to benchmarks/results/physics.{json,md}.
 
 Usage: python benchmarks/physics.py MODEL [--frames 60] [--rigid true|false] [key=value ...]
 (MODEL: a checkpoint, a pulled model folder or models:/NAME@ALIAS)
