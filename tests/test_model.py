@@ -11,6 +11,7 @@ from torch.func import jacfwd, jvp
 from neurok.model import ModelConfig, NeuROK, chamfer, cvae_loss, drive_vertices, kl_divergence
 from neurok.model.cvae import QueryFeatures
 from neurok.model.forward_mode import decode_with_tangents
+from neurok.model.losses import kl_ramp
 
 torch.set_num_threads(1)
 
@@ -121,6 +122,19 @@ def test_free_bits_charge_a_floor_and_no_gradient_below_it():
     assert torch.all(mu.grad[..., 0] == 0) and torch.all(mu.grad[..., 1] > 0)
     plain = cvae_loss(out, batch, replace(cfg, kl_free_bits=0.0))
     torch.testing.assert_close(plain["loss"], torch.tensor(0.1 * 4.505))
+
+
+def test_kl_warmup_starts_as_an_autoencoder():
+    assert [kl_ramp(s, 100) for s in (0, 50, 100, 400)] == [0.0, 0.5, 1.0, 1.0] and kl_ramp(0, 0) == 1.0
+    model, batch = NeuROK(TINY), make_batch()
+    model.eval()
+    with torch.no_grad():
+        mean, same = model(batch, noise=0.0), model(batch, noise=0.0)
+        half, full = model(batch, noise=0.5), model(batch, noise=1.0)
+    torch.testing.assert_close(mean["z"], mean["mu"])
+    torch.testing.assert_close(mean["deformation"], same["deformation"])
+    spread = lambda out: (out["z"] - out["mu"]).std() / (0.5 * out["logvar"]).exp().mean()  # noqa: E731
+    assert 0.3 < float(spread(half)) < 0.7 and 0.7 < float(spread(full)) < 1.3
 
 
 def test_chamfer_and_vertex_driving():

@@ -41,7 +41,7 @@ def test_a_decoder_that_uses_z_explains_its_own_deformation():
     model = model_with_a_live_head()
     batch = make_batch(b=4)
     with torch.no_grad():  # the target is what the model decodes from the sample's own posterior mean
-        out = model(batch, sample=False)
+        out = model(batch, noise=0.0)
         batch["query_displacement"] = out["deformation"]
     found = latent_diagnostics(model, batch, out)
     assert found.explained["own"] == pytest.approx(1.0, abs=1e-5)
@@ -59,9 +59,9 @@ def test_diagnostics_take_the_outputs_of_a_bf16_mixed_step():
     model = model_with_a_live_head()
     batch = make_batch(b=4)
     with torch.no_grad():
-        batch["query_displacement"] = model(batch, sample=False)["deformation"]
+        batch["query_displacement"] = model(batch, noise=0.0)["deformation"]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(batch, sample=False)
+            out = model(batch, noise=0.0)
     assert out["mu"].dtype == torch.bfloat16
     found = latent_diagnostics(model, batch, out)
     assert found.explained["own"] > max(0.99, found.explained["shuffled"])

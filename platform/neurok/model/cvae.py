@@ -116,12 +116,13 @@ class NeuROK(nn.Module):
         """D: latent (B, M, d), shape tokens, query points (B, Q, 3) -> deformation per query (B, Q, 3)."""
         return self.decoder(z, shape_tokens, queries)
 
-    def forward(self, batch: dict[str, torch.Tensor], sample: bool = True) -> dict[str, torch.Tensor]:
-        """One CVAE pass on a batch: posterior sample (or its mean) decoded at the batch's queries."""
+    def forward(self, batch: dict[str, torch.Tensor], noise: float = 1.0) -> dict[str, torch.Tensor]:
+        """One CVAE pass on a batch: a posterior sample decoded at the batch's queries, its noise scaled by
+        `noise` (0: the posterior mean; below 1 in the KL warm-up)."""
         shape_tokens, mu_cond = self.encode_shape(batch["points"])
         dq = batch.get("dual_quaternion") if self.cfg.dual_quaternion else None
         mu, logvar = self.encode_deformation(batch["points"], batch["displacement"], dq)
-        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu) if sample else mu
+        z = mu + noise * (0.5 * logvar).exp() * torch.randn_like(mu) if noise else mu
         motion = self.decoder.motion(z, shape_tokens, self.decoder.features(batch["queries"]))
         return {
             "deformation": moved_by(motion, batch["queries"]),

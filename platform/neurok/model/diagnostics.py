@@ -106,7 +106,7 @@ def latent_diagnostics(
     model's posterior-mean pass on it, when the caller has it already. In float32, outside autocast."""
     device_type = batch["points"].device.type
     with torch.autocast(device_type, enabled=False):
-        out = model(batch, sample=False) if out is None else out
+        out = model(batch, noise=0.0) if out is None else out
         # a bf16-mixed step's outputs are bf16; the weights, outside autocast, are float32
         out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
         mu, mu_cond = out["mu"], out["mu_cond"]

@@ -18,7 +18,12 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, mu_cond: torch.Tensor)
     return kl_terms(mu, logvar, mu_cond).sum(dim=(1, 2))
 
 
-def cvae_loss(out: dict, batch: dict, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def kl_ramp(step: int, warmup_steps: int) -> float:
+    """The share of the KL weight and of the posterior noise at a training step (kl_warmup_steps)."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+def cvae_loss(out: dict, batch: dict, cfg: ModelConfig, kl_scale: float = 1.0) -> dict[str, torch.Tensor]:
     """||delta_sample - delta_pred||^2 + lambda KL, averaged over the batch.
 
     The squared norm is over the whole field, as the paper writes it, i.e. a sum over points. Ours: we
@@ -29,13 +34,18 @@ def cvae_loss(out: dict, batch: dict, cfg: ModelConfig) -> dict[str, torch.Tenso
     Free bits (Kingma et al. 2016): a latent dimension whose batch-mean KL is under `cfg.kl_free_bits`
     nats costs that much and no gradient, so the KL term cannot shut a dimension before the decoder has
     learnt to use it (deformation-only targets collapsed to 1 nat by step 250 without). `kl` is the true
-    KL, summed over the dimensions.
+    KL, summed over the dimensions. `kl_scale` scales lambda (the warm-up: `kl_ramp`).
     """
     error = (out["deformation"].float() - batch["query_displacement"]).square().sum(dim=-1)  # (B, Q)
     recon = error.mean(dim=1).mean() * cfg.field_points
     per_dim = kl_terms(out["mu"].float(), out["logvar"].float(), out["mu_cond"].float()).mean(dim=0)
     kl_cost = per_dim.clamp(min=cfg.kl_free_bits).sum()
-    return {"loss": recon + cfg.kl_weight * kl_cost, "recon": recon, "kl": per_dim.sum(), "mse": error.mean()}
+    return {
+        "loss": recon + kl_scale * cfg.kl_weight * kl_cost,
+        "recon": recon,
+        "kl": per_dim.sum(),
+        "mse": error.mean(),
+    }
 
 
 def chamfer(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

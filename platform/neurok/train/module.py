@@ -12,6 +12,7 @@ import torch
 
 from neurok.model import ModelConfig, NeuROK, cvae_loss, reconstruction_metrics
 from neurok.model.diagnostics import latent_diagnostics
+from neurok.model.losses import kl_ramp
 from neurok.train.config import OptimConfig
 
 
@@ -36,14 +37,16 @@ class NeurokModule(pl.LightningModule):
         return cls(asdict(model), asdict(optim), max_steps)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = cvae_loss(self.model(batch), batch, self.model.cfg)
+        cfg = self.model.cfg
+        ramp = kl_ramp(self.global_step, cfg.kl_warmup_steps)
+        losses = cvae_loss(self.model(batch, noise=ramp), batch, cfg, kl_scale=ramp)
         self.log("train/loss", losses["loss"], prog_bar=True)
         self.log("train/loss_epoch", losses["loss"], on_step=False, on_epoch=True)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self.model(batch, sample=False)  # the posterior mean: deterministic reconstruction
+        out = self.model(batch, noise=0.0)  # the posterior mean: deterministic reconstruction
         cfg = self.model.cfg
         values = cvae_loss(out, batch, cfg) | reconstruction_metrics(out, batch, cfg.k_drive)
         size = batch["points"].shape[0]
