@@ -124,6 +124,18 @@ def test_free_bits_charge_a_floor_and_no_gradient_below_it():
     torch.testing.assert_close(plain["loss"], torch.tensor(0.1 * 4.505))
 
 
+def test_error_floor_counts_large_motions_by_their_relative_error():
+    small, large = torch.full((1, 4, 3), 0.01), torch.full((1, 4, 3), 1.0)  # m = 3e-4 and 3 per point
+    batch = {"query_displacement": torch.cat([small, large])}
+    out = {"deformation": torch.zeros(2, 4, 3), "mu": torch.zeros(2, 1, 1), "logvar": torch.zeros(2, 1, 1)}
+    out["mu_cond"] = torch.zeros(2, 1, 1)
+    plain = ModelConfig(kl_weight=0.0, field_points=1)
+    torch.testing.assert_close(cvae_loss(out, batch, plain)["recon"], torch.tensor((3e-4 + 3.0) / 2))
+    floored = cvae_loss(out, batch, replace(plain, error_floor=1e-3))["recon"]
+    expected = (3e-4 * 1e-3 / 1.3e-3 + 3.0 * 1e-3 / 3.001) / 2  # each sample's error over its own size
+    torch.testing.assert_close(floored, torch.tensor(expected))
+
+
 def test_kl_warmup_starts_as_an_autoencoder():
     assert [kl_ramp(s, 100) for s in (0, 50, 100, 400)] == [0.0, 0.5, 1.0, 1.0] and kl_ramp(0, 0) == 1.0
     model, batch = NeuROK(TINY), make_batch()

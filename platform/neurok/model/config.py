@@ -21,6 +21,7 @@ class ModelConfig:
     ff_mult: int = 4  # GEGLU hidden width = ff_mult * width
     k_drive: int = 8  # mesh vertices follow their K nearest query points (mean, or DQ blending)
     kl_weight: float = 0.01  # lambda of the paper's loss
+    error_floor: float = 0.0  # mean squared displacement above which errors count relatively (losses)
     kl_free_bits: float = 0.0  # nats per latent dimension the KL term does not penalise (losses.cvae_loss)
     # Over the first steps the KL weight and the posterior's sampling noise rise linearly from 0: the model
     # starts as an autoencoder, so the decoder learns to read z before noise and the KL make z costly
