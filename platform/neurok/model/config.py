@@ -23,9 +23,9 @@ class ModelConfig:
     kl_weight: float = 0.01  # lambda of the paper's loss
     error_floor: float = 0.0  # mean squared displacement above which errors count relatively (losses)
     kl_free_bits: float = 0.0  # nats per latent dimension the KL term does not penalise (losses.cvae_loss)
-    # Over the first steps the KL weight and the posterior's sampling noise rise linearly from 0: the model
-    # starts as an autoencoder, so the decoder learns to read z before noise and the KL make z costly
-    # (deformation-only targets: without it the decoder learnt to ignore z; README, "Training")
+    # The KL weight and the posterior's sampling noise are 0 for this many steps, then rise linearly to full
+    # over as many: the model starts as an autoencoder, so the decoder learns to read z before noise and
+    # the KL make z costly (deformation-only targets: with noise from the start, z was ignored)
     kl_warmup_steps: int = 0
     field_points: int = 4096  # the reconstruction term is scaled as a sum over this many points (see losses)
     dual_quaternion: bool = False  # E_vae also reads per-point dual quaternions of the local motion

@@ -19,8 +19,9 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, mu_cond: torch.Tensor)
 
 
 def kl_ramp(step: int, warmup_steps: int) -> float:
-    """The share of the KL weight and of the posterior noise at a training step (kl_warmup_steps)."""
-    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+    """The share of the KL weight and of the posterior noise at a training step: 0 for `warmup_steps` (an
+    autoencoder), then rising linearly to 1 over as many."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, max(0.0, step / warmup_steps - 1.0))
 
 
 def cvae_loss(out: dict, batch: dict, cfg: ModelConfig, kl_scale: float = 1.0) -> dict[str, torch.Tensor]:
