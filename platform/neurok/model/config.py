@@ -24,14 +24,14 @@ class ModelConfig:
     error_floor: float = 0.0  # mean squared displacement above which errors count relatively (losses)
     kl_free_bits: float = 0.0  # nats per latent dimension the KL term does not penalise (losses.cvae_loss)
     # The KL weight and the posterior's sampling noise are 0 for this many steps, then rise linearly to full
-    # over as many: the model starts as an autoencoder, so the decoder learns to read z before noise and
-    # the KL make z costly (deformation-only targets: with noise from the start, z was ignored)
+    # over as many: the model starts as an autoencoder. (It did not save deformation-only training: README.)
     kl_warmup_steps: int = 0
     field_points: int = 4096  # the reconstruction term is scaled as a sum over this many points (see losses)
     dual_quaternion: bool = False  # E_vae also reads per-point dual quaternions of the local motion
     # Trained on frame pairs whose target has its best rigid motion onto the rest frame undone (Kabsch): the
-    # latent spends nothing on travel and turning, which IK and rollouts carry on their rigid frame
-    # (dynamics.rigid); without it, a rigid frame and the latent both represent rigid motion.
+    # latent would spend nothing on travel and turning, which IK and rollouts carry on their rigid frame
+    # (dynamics.rigid). Not yet trainable: on diverse batches the decoder learns to ignore z within ~20
+    # steps, whatever the KL schedule (README, "Rigid motion in the targets"); off by default.
     deformation_only: bool = False
     fused_attention: bool = True  # encoders use fused SDPA; the decoder never does (torch.func, traps.md 1)
     # D's output per query: a displacement (the "w/o dual quaternion" ablation, s7.3), or a rigid motion

@@ -34,13 +34,14 @@ def cvae_loss(out: dict, batch: dict, cfg: ModelConfig, kl_scale: float = 1.0) -
 
     Free bits (Kingma et al. 2016): a latent dimension whose batch-mean KL is under `cfg.kl_free_bits`
     nats costs that much and no gradient, so the KL term cannot shut a dimension before the decoder has
-    learnt to use it (deformation-only targets collapsed to 1 nat by step 250 without). `kl` is the true
-    KL, summed over the dimensions. `kl_scale` scales lambda (the warm-up: `kl_ramp`).
+    learnt to use it (with deformation-only targets the KL fell to 1 nat by step 250 without; with 0.5
+    nats it held 40-90, but the decoder still ignored z). `kl` is the true KL, summed over the dimensions.
+    `kl_scale` scales lambda (the warm-up: `kl_ramp`).
 
     With `cfg.error_floor` f > 0, a sample whose mean squared displacement m exceeds f has its error
     weighted by f / (m + f) (a constant of the target): large motions count by their relative error, so a
     few flailing multibody chains (m ~ 0.1, normalised) do not drown the elastic, cloth and articulated
-    deformations (m ~ 0.001-0.005), which were 1% of the loss without.
+    deformations (m ~ 0.001-0.005) of deformation-only targets, which were 1% of the loss without.
     """
     target = batch["query_displacement"]
     error = (out["deformation"].float() - target).square().sum(dim=-1)  # (B, Q)
