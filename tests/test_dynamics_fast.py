@@ -115,8 +115,8 @@ def test_every_vertex_as_a_cubature_point_is_the_reference_path(surrogate_body):
     s0, v0 = full.start(1), torch.zeros(1, full.dims)
     reference = rollout(full, s0, v0, cfg, forcing)
     fast = rollout(stepped, s0, v0, cfg, forcing.on_vertices(everything), output=full)
-    # the same sums in another order: float32 round-off grows by ~5e-7 a frame (5e-6 after 10 frames, 2026-12-06;
-    # velocities of up to 3.3 differ by 4e-5). It failed at atol 1e-6 on a fresh .venv, old code included
+    # the same sums in another order: float32 round-off grows by ~5e-7 a frame (5e-6 after 10 frames on
+    # 2026-12-06; velocities of up to 3.3 differ by 4e-5). atol 1e-6 failed on a fresh .venv, old code too
     assert torch.allclose(fast.vertices, reference.vertices, atol=2e-5)
     assert torch.allclose(fast.velocities, reference.velocities, atol=2e-4)
 
