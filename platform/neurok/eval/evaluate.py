@@ -136,28 +136,28 @@ def load_case(store: Store, s: int, cfg: EvalConfig, model: ModelConfig) -> Case
     )  # fmt: skip
 
 
-def training_bank(store: Store, cfg: EvalConfig, rigid: bool = True) -> DeformationBank:
-    """The baselines' training deformations: a few frames of up to cfg.baseline_sequences train sequences;
-    without `rigid`, each frame's best rigid motion from frame 0 undone (what a subspace on a rigid frame
-    needs: the frame carries the rest)."""
+def training_banks(store: Store, cfg: EvalConfig) -> tuple[DeformationBank, DeformationBank]:
+    """The baselines' training deformations, from a few frames of up to cfg.baseline_sequences train
+    sequences read once: as recorded, and with each frame's best rigid motion from frame 0 undone (what a
+    subspace on a rigid frame needs: the frame carries the rest)."""
     rng = np.random.default_rng(cfg.seed)
     train = np.flatnonzero(store.column("split") == SPLITS.index("train"))
     if len(train) == 0:
         raise BadInputError(
             f"{store.path}: no training sequences for the PCA and nearest-neighbour baselines"
         )
-    examples = []
+    recorded, deformed = [], []
     for s in rng.permutation(train)[: cfg.baseline_sequences]:
         seq = store.sequence(int(s))
         frames = (seq.frames - store.norm_center[s]) / store.norm_scale[s]
         picked = rng.choice(
             np.arange(1, len(frames)), min(cfg.baseline_frames, len(frames) - 1), replace=False
         )
-        poses = frames[picked]
-        if not rigid:
-            poses = np.stack([without_rigid_motion(frames[0], f) for f in poses])
-        examples.append((frames[0], poses - frames[0]))
-    return DeformationBank.fit(examples, grid_anchors(cfg.anchors))
+        rest, poses = frames[0], frames[picked]
+        recorded.append((rest, poses - rest))
+        deformed.append((rest, np.stack([without_rigid_motion(rest, f) for f in poses]) - rest))
+    anchors = grid_anchors(cfg.anchors)
+    return DeformationBank.fit(recorded, anchors), DeformationBank.fit(deformed, anchors)
 
 
 def reduction_values(shape: ReducedShape) -> dict[str, float]:
@@ -399,7 +399,7 @@ def latent_use(model: NeuROK, cases: list[Case]) -> dict[str, float]:
 def evaluate(model: NeuROK, store: Store, cfg: EvalConfig) -> EvalResult:
     torch.manual_seed(cfg.seed)
     indices = select_cases(store, cfg)
-    bank, deformations = training_bank(store, cfg), training_bank(store, cfg, rigid=False)
+    bank, deformations = training_banks(store, cfg)
     nearest = NearestBaseline(bank)
     results, speed, cases = [], {}, []
     for n, s in enumerate(indices):
