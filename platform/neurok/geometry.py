@@ -58,23 +58,3 @@ def without_rigid_motion(rest: np.ndarray, x: np.ndarray, weights: np.ndarray | 
     differs from `rest` is deformation alone."""
     R, c_rest, c_x = rigid_fit(rest, x, weights)
     return (np.asarray(x, np.float64) - c_x) @ R + c_rest
-
-
-def rigid_modes(rest: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The infinitesimal rigid motions of `rest` (V, 3), translations and rotations about its weighted
-    centre, as a weights-orthonormal basis (R, V, 3): sum_v w_v a_v . b_v = [a is b]. R = 6, fewer for a
-    mesh on a line or a point (the rotations about that line move nothing)."""
-    centred = rest - weights @ rest / weights.sum()
-    eye = torch.eye(3, dtype=rest.dtype, device=rest.device)
-    modes = torch.cat([eye[:, None].expand(3, *rest.shape), torch.linalg.cross(eye[:, None], centred[None])])
-    root = weights.sqrt()[:, None]
-    U, S, _ = torch.linalg.svd((modes * root).flatten(1).T, full_matrices=False)
-    kept = S[0] * 1e-6 < S  # drop what a degenerate mesh (a line, a point) cannot turn
-    return U[:, kept].T.reshape(-1, *rest.shape) / root
-
-
-def without_rigid_modes(u: torch.Tensor, modes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Displacements u (..., V, 3) less their weighted projection on the rigid `modes` (R, V, 3)
-    (`rigid_modes`): the part no small rigid motion makes, to first order in the rotation."""
-    coefficients = torch.einsum("...vc,rvc,v->...r", u, modes, weights)
-    return u - torch.einsum("...r,rvc->...vc", coefficients, modes)

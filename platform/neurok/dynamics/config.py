@@ -45,10 +45,6 @@ class ReductionConfig:
     min_inertia: float = 0.0  # skip a direction that would leave a metric eigenvalue below this share of
     #                           the largest; 0 keeps every direction the shapes need (IK), and the simulator
     #                           drops the light ones itself (simulator.min_inertia)
-    # measure the decoded variation less M0's infinitesimal rigid motions, which the rigid frame of IK and
-    # of the simulator carries (dynamics.reduction); off when neither uses the frame (ik.space q, shape.rigid
-    # off)
-    modulo_rigid: bool = True
     seed: int = 0
     chunk_size: int | None = 64  # decoder evaluations per vectorised batch (bounds memory)
 

@@ -14,13 +14,6 @@ prior samples z_i by the share of the latent's decoded variation the subspace re
 `max_dims`. The paper's largest eigenvalue gap kept 1-3 directions for every object of a trained model,
 too few for IK to reach a shape (issue 14: IK in q 0.40 Chamfer-L1 against 0.05 in z).
 
-Ours, modulo rigid motion (`modulo_rigid`, on by default): IK and the simulator carry the reduced shape on
-a rigid frame (dynamics.rigid), so a latent direction that mostly moves or turns the object duplicates the
-frame's six coordinates. g and the retained share then measure the decoded displacement less its
-mass-weighted projection on M0's infinitesimal rigid motions (geometry.rigid_modes), and k_q is spent on
-deformation. (A model trained on raw motions spends much of its latent on travel: README, "The science
-table".)
-
 Ours, the inertia: a direction can change |D| yet barely move the vertices (G = J^T M J nearly singular
 along it). Under the prior's restoring potential such a direction is a mode of almost no inertia,
 oscillating orders of magnitude faster than the rest (measured on a `tiny` model: 1e4 rad/s against 50),
@@ -50,7 +43,6 @@ from neurok.dynamics.config import ReductionConfig
 from neurok.dynamics.mechanics import metric
 from neurok.dynamics.shape import LatentShape, ReducedShape
 from neurok.errors import ConfigError, NeurokError
-from neurok.geometry import rigid_modes, without_rigid_modes
 
 
 @dataclass(frozen=True)
@@ -67,26 +59,18 @@ def prior_samples(shape: LatentShape, cfg: ReductionConfig) -> torch.Tensor:
     return mu + torch.randn(cfg.samples, mu.shape[0], generator=generator, dtype=mu.dtype, device=mu.device)
 
 
-def measured_part(shape: LatentShape, cfg: ReductionConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-    """What the reduction measures of displacements from rest (..., V, 3): all of them, or with
-    cfg.modulo_rigid the part no small rigid motion of M0 makes (the module docstring)."""
-    if not cfg.modulo_rigid:
-        return lambda u: u
-    return partial(without_rigid_modes, modes=rigid_modes(shape.rest, shape.masses), weights=shape.masses)
-
-
 def gradient_covariance(
     shape: LatentShape, cfg: ReductionConfig, z: torch.Tensor | None = None
 ) -> torch.Tensor:
     """C = 1/N sum grad g grad g^T (k, k) for one object, at z (default: prior_samples)."""
     z = prior_samples(shape, cfg) if z is None else z
-    part, grads = measured_part(shape, cfg), []
+    grads = []
     # Plain autograd on a batch of decodes: the samples are independent, so the gradient of their sum
     # holds each sample's gradient (torch.func.grad would also import torch._dynamo: seconds per process).
     for chunk in z.split(cfg.chunk_size or len(z)):
         chunk = chunk.detach().requires_grad_()
         with torch.enable_grad():
-            half_sq = 0.5 * part(vmap(shape.decode)(chunk) - shape.rest).square().sum((-2, -1))
+            half_sq = 0.5 * (vmap(shape.decode)(chunk) - shape.rest).square().sum((-2, -1))
             (grad,) = torch.autograd.grad(half_sq.sum(), chunk)
         # grad |d| = grad(|d|^2 / 2) / |d|; the floor keeps a sample with no deformation at zero, not NaN.
         grads.append(grad / (2 * half_sq.detach()).sqrt().clamp_min(torch.finfo(z.dtype).tiny)[:, None])
@@ -105,16 +89,15 @@ class DecodedVariation:
     retains (the module docstring's retained(A))."""
 
     def __init__(self, shape: LatentShape, z: torch.Tensor, cfg: ReductionConfig):
-        self.shape, self.cfg, self.part = shape, cfg, measured_part(shape, cfg)
+        self.shape, self.cfg = shape, cfg
         self.offsets = z - shape.mu_cond
         self.decoded = decode_all(shape, z, cfg)
         with torch.no_grad():
             self.total = self.error(shape.decode(shape.mu_cond))
 
     def error(self, x: torch.Tensor) -> torch.Tensor:
-        """E_i sum_v m_v |decoded_iv - x_(i)v|^2 for x (V, 3) or (N, V, 3), of the measured part."""
-        residual = self.part(self.decoded - x)
-        return torch.einsum("nvc,v->", residual.square(), self.shape.masses) / len(self.decoded)
+        """E_i sum_v m_v |decoded_iv - x_(i)v|^2 for x (V, 3) or (N, V, 3)."""
+        return torch.einsum("nvc,v->", (self.decoded - x).square(), self.shape.masses) / len(self.decoded)
 
     def retained(self, basis: torch.Tensor) -> torch.Tensor:
         """The share of the variation kept by z = mu_cond + A^T A (z_i - mu_cond), A = basis (k_q, k)."""
