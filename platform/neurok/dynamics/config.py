@@ -68,8 +68,8 @@ class SimulatorConfig:
     support: float | None = 2.0  # a wall keeps |q| (the deformation's coordinates) within support sqrt(k_q)
     #                              prior deviations, where the surrogate is fitted (surrogate.spread); None:
     #                              no wall
-    support_frequency: float = 30.0  # Hz: the wall's stiffness per unit of q's mean inertia at the start, as
-    #                                  stiff as the pins: past it the vertices move ~g / (2 pi f)^2
+    support_frequency: float = 30.0  # Hz: the wall's stiffness per unit of q's mean inertia at the start:
+    #                                  past it the vertices move ~g / (2 pi f)^2
     eps: float = 1e-6  # metric regulariser: solve with G + eps tr(G)/k_q I
     min_inertia: float = 1e-2  # simulate the reduced space's directions whose inertia at rest is at least
     #                            this share of the largest: a lighter one is a mode of almost no mass, too
@@ -77,9 +77,10 @@ class SimulatorConfig:
     min_motion: float = 1e-4  # and whose prior deviation moves the vertices by at least this share of the
     #                           object's radius of gyration (RMS): float32 noise is ~1e-7 (0: keep them)
     max_energy_error: float = 0.5  # guard: stop when |E - E0 - W| exceeds this share of (max T + |W|)
-    pin_frequency: float = 30.0  # Hz: the pins hold the whole object as a spring of this frequency: a sag
-    #                              of g / (2 pi f)^2 = 0.3 mm at 30 Hz (20 Hz let a 1 m object hung by its
-    #                              top slip 1.2 mm), at ~4x the steps of an unpinned rollout
+    pin_frequency: float = 80.0  # Hz: the pins hold the whole object as a spring of this frequency: a sag
+    #                              of g / (2 pi f)^2 = 0.04 mm. A 2 m torus hung by one vertex swung its pin
+    #                              by 3.5e-3 of its size at 30 Hz, 1.1e-3 at 60, 5e-4 at 80, in the same
+    #                              wall time (benchmarks/physics.py; the implicit step takes the stiffness)
     pin_damping: float = 1.0  # damping ratio of that spring: 1 (critical) holds without overshoot
     ground: float | None = None  # height of a ground plane y = ground (simulation units); None: no ground
     ground_frequency: float = 20.0  # Hz: contact stiffness per unit mass of a vertex below the plane
