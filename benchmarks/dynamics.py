@@ -29,10 +29,10 @@ system = System(
     Forcing.stack([Forcing.build(V, dtype=dtype)] * B),
 )
 q, v = torch.full((B, kq), 0.2, dtype=dtype), torch.full((B, kq), 0.5, dtype=dtype)
-tm = system.terms(q, v, 0.0)
+tm = system.terms(q, 0.0)
 cost = {
     "decode x(q)": best_ms(lambda: shape.positions(q)),
-    "terms: J (jacfwd, k_q JVPs), G, dV/dq, Q": best_ms(lambda: system.terms(q, v, 0.0)),
+    "terms: J (jacfwd, k_q JVPs), G, dV/dq, Q": best_ms(lambda: system.terms(q, 0.0)),
     "decode in the variational position solve": best_ms(lambda: system.position(q)),
     "C (JVP nested in a JVP), rk4": best_ms(lambda: system.coriolis(tm.J, q, v)),
     "solve (G + eps I) by Cholesky": best_ms(lambda: system.solve(tm.G, v), n=50),

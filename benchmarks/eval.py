@@ -40,12 +40,12 @@ def step_costs(model, vertices: int, kq: int) -> dict[str, float]:
         reduced, Physics(1.0, 0.0, torch.zeros(3), 1e-6), Forcing.stack([Forcing.build(len(rest))])
     )
     q, v = torch.full((1, kq), 0.1), torch.full((1, kq), 0.5)
-    terms = system.terms(q, v, 0.0)
+    terms = system.terms(q, 0.0)
     return {
         "V": float(len(rest)),
         "k_q": float(kq),
         "decode_ms": best_ms(lambda: reduced.positions(q)),
-        "terms_jacobian_ms": best_ms(lambda: system.terms(q, v, 0.0)),
+        "terms_jacobian_ms": best_ms(lambda: system.terms(q, 0.0)),
         "position_solve_decode_ms": best_ms(lambda: system.position(q)),
         "christoffel_rk4_ms": best_ms(lambda: system.coriolis(terms.J, q, v)),
         "solve_ms": best_ms(lambda: system.solve(terms.G, v), n=20),

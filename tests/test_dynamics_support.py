@@ -23,27 +23,39 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_wall_potential_and_gradient():
     physics = Physics(0.5, 0.0, torch.zeros(3, dtype=f64), 1e-6, support=2.0, support_stiffness=40.0)
     inside, outside = torch.tensor([1.0, -1.0], dtype=f64), torch.tensor([3.0, 4.0], dtype=f64)
-    energy, gradient = prior_potential(physics, inside)
+    prior, wall, gradient, wall_gradient = prior_potential(physics, inside)
+    energy, gradient = prior + wall, gradient + wall_gradient
     assert energy.item() == pytest.approx(0.5 * 0.5 * 2.0)  # the prior alone within the support
     torch.testing.assert_close(gradient, 0.5 * inside)
-    energy, gradient = prior_potential(physics, outside)  # |q| = 5: 3 past the wall
+    prior, wall, gradient, wall_gradient = prior_potential(physics, outside)  # |q| = 5: 3 past the wall
+    energy, gradient = prior + wall, gradient + wall_gradient
     assert energy.item() == pytest.approx(0.5 * 0.5 * 25 + 0.5 * 40.0 * 9)
     q = outside.clone().requires_grad_()
-    (autograd,) = torch.autograd.grad(prior_potential(physics, q)[0], q)
+    (autograd,) = torch.autograd.grad(sum(prior_potential(physics, q)[:2]), q)
     torch.testing.assert_close(gradient, autograd)
 
 
-def test_wall_turns_back_a_coordinate_of_almost_no_stiffness_and_conserves_energy():
+def test_wall_stops_a_coordinate_of_almost_no_stiffness_and_keeps_the_energy_balance():
     shape = ReducedShape.identity(toys.linear(toys.cloud(60, dtype=f64), 2))
     q0, v0 = torch.zeros(1, 2, dtype=f64), torch.tensor([[4.0, 0.0]], dtype=f64)
     cfg = SimulatorConfig(frames=30, stiffness=1e-6)  # 1 s: unheld, q reaches 4, twice the wall's 2 sqrt(2)
     free = rollout(shape, q0, v0, dataclasses.replace(cfg, support=None))
-    held = rollout(shape, q0, v0, cfg)
     radius = 2.0 * math.sqrt(2)
     assert free.q[0, -1].norm() > 3.9
-    assert 0.95 * radius < held.q[0].norm(dim=-1).max() < 1.1 * radius  # frames at 30 fps miss the peak
-    assert held.qdot[0, -1, 0] < 0  # it came back
-    assert held.energy_drift().item() < 0.02
+    # an undamped wall turns it back, conserving energy
+    elastic = rollout(shape, q0, v0, dataclasses.replace(cfg, support_damping=0.0))
+    assert 0.95 * radius < elastic.q[0].norm(dim=-1).max() < 1.1 * radius  # frames at 30 fps miss the peak
+    assert elastic.qdot[0, -1, 0] < 0  # it came back
+    assert elastic.energy_drift().item() < 0.02
+    # the default, critically damped wall stops it there (it may slide along it: G is not the identity),
+    # and the work of its damping is the energy lost
+    held = rollout(shape, q0, v0, cfg)
+    q, v = held.q[0, -1], held.qdot[0, -1]
+    assert 0.95 * radius < q.norm() < 1.02 * radius
+    assert (v @ q / q.norm()).abs() < 0.01 * v0.norm()  # no speed left across the wall
+    assert held.kinetic[0, -1] < 0.5 * held.kinetic[0, 0]
+    assert held.work[0, -1] < -0.5 * held.kinetic[0, 0]  # the damping took it
+    assert held.energy_drift().item() < 0.02  # E - E0 = W
 
 
 def test_directions_that_barely_move_the_mesh_are_not_simulated():

@@ -65,11 +65,14 @@ class SimulatorConfig:
     damping: float = 0.0  # c in the Rayleigh force -c G q', 1/s; 0 conserves energy
     gravity: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # m/s^2, y-up; Earth: [0, -9.81, 0]
     max_omega_dt: float = 0.2  # refine dt so the fastest mode's omega dt is at most this; 0: use dt as is
+    max_omega_dt_stiff: float = 1.0  # and at most this with the pins' springs too
     support: float | None = 2.0  # a wall keeps |q| (the deformation's coordinates) within support sqrt(k_q)
     #                              prior deviations, where the surrogate is fitted (surrogate.spread); None:
     #                              no wall
     support_frequency: float = 30.0  # Hz: the wall's stiffness per unit of q's mean inertia at the start:
     #                                  past it the vertices move ~g / (2 pi f)^2
+    support_damping: float = 1.0  # the wall's damping ratio: a shape pressed to the edge of what the
+    #                               decoder learned stays there instead of ringing at 30 Hz
     eps: float = 1e-6  # metric regulariser: solve with G + eps tr(G)/k_q I
     min_inertia: float = 1e-2  # simulate the reduced space's directions whose inertia at rest is at least
     #                            this share of the largest: a lighter one is a mode of almost no mass, too

@@ -106,8 +106,10 @@ class Forcing(NamedTuple):
         return Forcing(*(t.to(device) for t in self))
 
 
-def vertex_forces(forcing: Forcing, masses: torch.Tensor, t: float, xdot: torch.Tensor) -> torch.Tensor:
-    """External force on each vertex (V, 3) at time t, for one rollout."""
-    active = ((forcing.start <= t) & (t < forcing.end)).to(xdot.dtype)
+def vertex_forces(forcing: Forcing, masses: torch.Tensor, t: float) -> torch.Tensor:
+    """The external force on each vertex (V, 3) at time t that does not depend on its velocity, for one
+    rollout: the point forces and the wind's push. The drag's share proportional to the velocity,
+    -drag m_v x'_v, is a damping (mechanics.vertex_damping), which the integrator treats implicitly."""
+    active = ((forcing.start <= t) & (t < forcing.end)).to(masses.dtype)
     point = torch.einsum("p,pv,pi->vi", active, forcing.weights, forcing.force)
-    return point + forcing.drag * masses[:, None] * (forcing.wind - xdot)
+    return point + forcing.drag * masses[:, None] * forcing.wind

@@ -27,8 +27,10 @@ class VariationalState(NamedTuple):
     J: torch.Tensor  # (B, V, 3, k_q) dx/dq at q
     G: torch.Tensor  # (B, k_q, k_q) metric at q
     p: torch.Tensor  # (B, k_q) momentum, G q'
-    grad_V: torch.Tensor  # (B, k_q) dV/dq at q
-    Q: torch.Tensor  # (B, k_q) non-conservative generalized force at q
+    grad_V: torch.Tensor  # (B, k_q) dV/dq at q, of the soft terms (prior, gravity)
+    grad_S: torch.Tensor  # (B, k_q) dS/dq at q, of the stiff springs (pins, ground, wall)
+    Q: torch.Tensor  # (B, k_q) external generalized force at q (independent of the velocity)
+    D: torch.Tensor  # (B, k_q, k_q) damping at q: the forces linear in the velocity are -D q'
     work: torch.Tensor  # (B,) of the non-conservative forces since t = 0
     bend: torch.Tensor  # (B, k_q) the last step's q_n+1 minus its linear guess: the decoder's curvature
 
@@ -44,6 +46,12 @@ class Variational:
     which is G q'' + C = Q - dV/dq to second order: the second difference of the decoded vertices
     carries the Christoffel term C, so no second derivative of the decoder is ever taken.
 
+    The stiff springs S (pins, ground, wall) act through their mean dS/dq over the step instead of at
+    each end (the trapezoidal rule, implicit in q_n+1): stable at any omega dt, and their energy is
+    kept exactly when S is quadratic in q, so the step follows them (simulator.max_omega_dt_stiff)
+    instead of resolving their period (the pins; a contact, which switches on within a step,
+    is resolved: its energy is kept only to O(omega dt)^2).
+
     Why this one: a variational integrator is symplectic for every Lagrangian, including this one with a
     configuration-dependent metric, so its energy error stays bounded (about (omega dt)^2 / 8 of the
     energy in play) instead of drifting; and it is the cheapest per step: one Jacobian (k_q directional
@@ -51,9 +59,13 @@ class Variational:
     q_n+1 by a quasi-Newton iteration from G_n (contraction about dt |G^-1 dG/dt|). The implicit
     midpoint rule needs a Jacobian and a reverse pass per iteration, RK4 a Jacobian and a nested JVP per
     stage.
-    It is explicit in stability: omega dt < 2 for the fastest mode, past which the guards stop it.
-    Non-conservative forces act half at each end of a step (discrete Lagrange-d'Alembert); the
-    velocity-dependent ones (drag, damping) see the velocity of the momentum arriving at the state.
+    It is explicit in stability for the soft terms: omega dt < 2 for their fastest mode, past which the
+    guards stop it.
+    Non-conservative forces act half at each end of a step (discrete Lagrange-d'Alembert). The damping
+    -D q' (pins, contact, drag, Rayleigh) sees the step's own velocity (q_n+1 - q_n) / dt in both halves,
+    which makes the position solve linear in it: the trapezoidal rule, stable at any damping. With the
+    damping of the first half at the previous step's velocity instead, a critically damped spring (the
+    pins, the ground) blew up at omega dt = 1, which limited the steps to what the stiff springs allowed.
     """
 
     State = VariationalState
@@ -63,34 +75,47 @@ class Variational:
 
     def init(self, system: System, q: torch.Tensor, v: torch.Tensor, t: float = 0.0) -> VariationalState:
         x, J = system.jacobian(q)
-        tm = system.terms_from_jacobian(x, J, q, v, t)
+        tm = system.terms_from_jacobian(x, J, q, t)
         zero = q.new_zeros(q.shape[0])
-        return VariationalState(q, x, J, tm.G, matvec(tm.G, v), tm.grad_V, tm.Q, zero, torch.zeros_like(q))
+        p = matvec(tm.G, v)
+        return VariationalState(q, x, J, tm.G, p, tm.grad_V, tm.grad_S, tm.Q, tm.D, zero, torch.zeros_like(q))
 
     def solve(
-        self, system: System, state: VariationalState, target: torch.Tensor, q: torch.Tensor
+        self,
+        system: System,
+        state: VariationalState,
+        target: torch.Tensor,
+        q: torch.Tensor,
+        dt: float,
+        slope: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q with J_n^T M (x(q) - x_n) = target, and x, J there, by a quasi-Newton iteration from the guess
-        q: its slope J_n^T M J(q) starts at G_n and improves by Broyden's secant updates (superlinear for
-        small k_q). A point likely to be the answer (the guess, the first iterate, or one reached by a
-        small step) is evaluated with its Jacobian, which the next step needs anyway, and accepted when
-        the correction it asks for is within tolerance: a typical step costs one Jacobian (the guess,
-        second order in dt, is usually within tolerance)."""
-        slope = regularised(state.G, system.physics.eps)
+        """q with J_n^T M (x(q) - x_n) + dt/2 D_n (q - q_n) + dt^2/4 (dS/dq(q) - dS/dq_n) = target, and
+        x, J there, by a quasi-Newton iteration from the guess q: its slope starts at `slope`, G_n +
+        dt/2 D_n + dt^2/4 K_S (K_S the stiff springs' Gauss-Newton Hessian), and improves by Broyden's
+        secant updates (superlinear for small k_q). Each iterate is evaluated with its Jacobian (the
+        stiff springs' force needs it, and the next step needs it anyway) and accepted when the
+        correction it asks for is within tolerance: a typical step costs one Jacobian."""
+        damping, stiff = 0.5 * dt * state.D, 0.25 * dt * dt
+        slope = regularised(slope, system.physics.eps)
+
+        def residual_at(q: torch.Tensor, x: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+            springs = stiff * (system.stiff_gradient(q, x, J) - state.grad_S)
+            return system.pullback(state.J, x - state.x) + matvec(damping, q - state.q) + springs - target
+
         x, J = system.jacobian(q)
-        residual = system.pullback(state.J, x - state.x) - target
-        for i in range(self.max_iterations):
+        residual = residual_at(q, x, J)
+        for _ in range(self.max_iterations):
             step, singular = torch.linalg.solve_ex(slope, -residual)
             if singular.any():  # the secant slope lost rank: the iteration is lost
                 raise NotConverged(torch.where(singular > 0, torch.inf, 0.0))
             # in vertex space: a direction the decoder barely moves may keep float noise, harmlessly
             change = (step * matvec(state.G, step)).sum(-1).div(system.total_mass).sqrt()
-            small = not change.max() > self.tol  # a NaN counts as small: the simulator catches the state
-            if small and J is not None:  # to first order in the small step: x to second order, J to first
+            if not change.max() > self.tol:  # a NaN counts as small: the simulator catches the state
+                # to first order in the small step: x to second order, J to first
                 return q + step, x + (J @ step[:, None, :, None]).squeeze(-1), J
             q = q + step
-            x, J = system.jacobian(q) if i == 0 or small else (system.position(q), None)
-            new = system.pullback(state.J, x - state.x) - target
+            x, J = system.jacobian(q)
+            new = residual_at(q, x, J)
             secant = (new - residual - matvec(slope, step)) / step.square().sum(-1, keepdim=True).clamp_min(
                 torch.finfo(step.dtype).tiny
             )
@@ -98,15 +123,22 @@ class Variational:
         raise NotConverged(change)
 
     def step(self, system: System, state: VariationalState, t: float, dt: float) -> VariationalState:
-        b = state.p + 0.5 * dt * (state.Q - state.grad_V)  # = J_n^T M (x_n+1 - x_n) / dt
-        linear = state.q + dt * system.solve(state.G, b)  # exact when x is linear in q
-        q, x, J = self.solve(system, state, dt * b, linear + state.bend)  # the curvature changes little
+        # J_n^T M (x_n+1 - x_n) / dt = b - D_n (q_n+1 - q_n) / 2 - dt/4 (dS/dq_n+1 - dS/dq_n)
+        b = state.p + 0.5 * dt * (state.Q - state.grad_V - state.grad_S)
+        _, contacts, pins = system.stiffness(state.q, state.x, state.J)
+        K_S = contacts + pins
+        slope = state.G + 0.5 * dt * state.D + 0.25 * dt * dt * K_S
+        linear = state.q + dt * system.solve(slope, b)  # exact when x is linear in q (and S quadratic)
+        q, x, J = self.solve(
+            system, state, dt * b, linear + state.bend, dt, slope
+        )  # the curvature changes little
         arriving = system.pullback(J, x - state.x) / dt
-        G = system.metric(J)
-        tm = system.terms_from_jacobian(x, J, q, system.solve(G, arriving), t + dt)
-        work = state.work + 0.5 * ((state.Q + tm.Q) * (q - state.q)).sum(-1)
-        p = arriving + 0.5 * dt * (tm.Q - tm.grad_V)
-        return VariationalState(q, x, J, G, p, tm.grad_V, tm.Q, work, q - linear)
+        tm = system.terms_from_jacobian(x, J, q, t + dt)
+        start = state.Q - matvec(state.D, (q - state.q) / dt)  # the forces each half of the step applied
+        end = tm.Q - matvec(tm.D, system.solve(tm.G, arriving))
+        work = state.work + 0.5 * ((start + end) * (q - state.q)).sum(-1)
+        p = arriving + 0.5 * dt * (end - tm.grad_V) - 0.25 * dt * (state.grad_S + tm.grad_S)
+        return VariationalState(q, x, J, tm.G, p, tm.grad_V, tm.grad_S, tm.Q, tm.D, work, q - linear)
 
     def observe(
         self, system: System, state: VariationalState
@@ -135,9 +167,10 @@ class RK4:
 
     def step(self, system: System, state: RK4State, t: float, dt: float) -> RK4State:
         def derivative(s: RK4State, t: float) -> RK4State:
-            tm = system.terms(s.q, s.v, t)
-            force = tm.Q - system.coriolis(tm.J, s.q, s.v) - tm.grad_V
-            return RK4State(s.v, system.solve(tm.G, force), (tm.Q * s.v).sum(-1))
+            tm = system.terms(s.q, t)
+            applied = tm.Q - matvec(tm.D, s.v)
+            force = applied - system.coriolis(tm.J, s.q, s.v) - tm.grad_V - tm.grad_S
+            return RK4State(s.v, system.solve(tm.G, force), (applied * s.v).sum(-1))
 
         def advance(s: RK4State, d: RK4State, h: float) -> RK4State:
             return RK4State(*(a + h * b for a, b in zip(s, d, strict=True)))

@@ -3,13 +3,17 @@
     x(q) = D(mu_cond + A^T q)               decoded vertices, (V, 3) (or a floating frame's: rigid.py)
     T = 1/2 q'^T G q',  G = J^T M J         kinetic energy and metric, J = dx/dq, M = vertex masses
     V = kappa/2 |P q|^2 + sum_v U_v(x_v)    negative log prior (restoring) on the elastic coordinates P,
-        + k_s/2 max(0, |P q| - r)^2         and a wall where the prior's support ends (|P q| = r),
+        + k_s/2 max(0, |P q| - r)^2         and a damped wall where the prior's support ends (|P q| = r),
         U_v = -m_v g . x_v                  gravity (y-up g),
             + k_pin/2 m_v |x_v - p_v|^2     pins: a stiff, damped spring to where each vertex is held,
             + k_g/2 m_v min(0, y_v - h)^2   a ground plane at height h (penalty contact)
-    G q'' = Q - C - dV/dq                   Euler-Lagrange equations
+    G q'' = Q - D q' - C - dV/dq            Euler-Lagrange equations; V's stiff springs (pins, ground,
+                                            wall) are kept apart as S: the integrator averages them
     C = J^T M D^2x[q', q']                  Christoffel (Coriolis and centrifugal) term, = G' q' - dT/dq
-    Q = J^T f - c P G P q'                  external forces, pin and contact damping, Rayleigh of P q
+    Q = J^T f                               external forces that do not depend on the velocity
+    D = J^T diag(d) J + c P G P             the forces linear in it: d_v the pins', the contact's and
+        + c_s n n^T [|P q| > r]             the drag's damping of vertex v, c the Rayleigh damping of P q,
+                                            c_s the wall's (n = P q / |P q|)
 
 The functions are for one object and one state; `System` vectorises them over a batch with vmap.
 J comes from k_q forward-mode derivatives (ReducedShape.jacobian_fn); C, which only RK4 needs, from one JVP
@@ -45,6 +49,7 @@ class Physics(NamedTuple):
     ground_damping: float = 0.0  # 1/s: a vertex below the plane feels -m_v c_g x'_v (impact and friction)
     support: float = math.inf  # r: |P q| past which the wall acts (the latents the decoder was trained on)
     support_stiffness: float = 0.0  # k_s
+    support_damping: float = 0.0  # c_s: past the wall, the coordinates feel -c_s (n . P q') n outwards
 
 
 def curvature(position: Position, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -97,19 +102,17 @@ def _depth(physics: Physics, x: torch.Tensor) -> torch.Tensor:
 
 def vertex_potential(
     physics: Physics, forcing: Forcing, masses: torch.Tensor, x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_v U_v(x_v) and its gradient dU/dx (V, 3): gravity, pins, ground."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sum_v U_v(x_v) in two parts, gravity's and the stiff springs' (pins, ground), then their gradients
+    dU/dx (V, 3)."""
     pins = physics.pin_stiffness * _pin_mass(forcing, masses)
     stretch = x - forcing.pin_position
     ground = physics.ground_stiffness * masses * _depth(physics, x)
-    energy = (
-        -masses @ (x @ physics.gravity)
-        + 0.5 * (pins * stretch.square().sum(-1)).sum()
-        + 0.5 * (ground * _depth(physics, x)).sum()
-    )
+    springs = 0.5 * (pins * stretch.square().sum(-1)).sum() + 0.5 * (ground * _depth(physics, x)).sum()
     zero = torch.zeros_like(ground)
     up = torch.stack([zero, ground, zero], dim=-1)
-    return energy, -masses[:, None] * physics.gravity + pins[:, None] * stretch + up
+    gravity = -masses[:, None] * physics.gravity
+    return (gravity * x).sum(), springs, gravity, pins[:, None] * stretch + up
 
 
 def _beyond_support(physics: Physics, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,26 +122,28 @@ def _beyond_support(physics: Physics, q: torch.Tensor) -> tuple[torch.Tensor, to
     return (norm - physics.support).clamp_min(0), elastic / norm.clamp_min(torch.finfo(q.dtype).tiny)
 
 
-def prior_potential(physics: Physics, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The negative log prior with its support wall, and its gradient in q (k,).
+def prior_potential(
+    physics: Physics, q: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The negative log prior and its support wall, then their gradients in q (k,).
 
     Why a wall: a decoder is only trained (and its surrogate only fitted) near the prior, and the prior's
     restoring force kappa is set per unit of the metric (shape.frequency). Where the decoder barely moves
     the vertices, kappa is tiny and a pin or a poke pushed q hundreds of prior deviations out, where the
     decoded shape is noise and the rollout blew up. The wall keeps q where the shapes are learned."""
     past, direction = _beyond_support(physics, q)
-    energy = (
-        0.5 * physics.stiffness * (physics.elastic * q.square()).sum()
-        + 0.5 * physics.support_stiffness * past.square()
+    return (
+        0.5 * physics.stiffness * (physics.elastic * q.square()).sum(),
+        0.5 * physics.support_stiffness * past.square(),
+        physics.stiffness * physics.elastic * q,
+        physics.support_stiffness * past * direction,
     )
-    gradient = physics.stiffness * physics.elastic * q + physics.support_stiffness * past * direction
-    return energy, gradient
 
 
 def potential(
     physics: Physics, forcing: Forcing, masses: torch.Tensor, q: torch.Tensor, x: torch.Tensor
 ) -> torch.Tensor:
-    return prior_potential(physics, q)[0] + vertex_potential(physics, forcing, masses, x)[0]
+    return sum(prior_potential(physics, q)[:2]) + sum(vertex_potential(physics, forcing, masses, x)[:2])
 
 
 def stiffness_matrix(
@@ -148,24 +153,29 @@ def stiffness_matrix(
     q: torch.Tensor,
     x: torch.Tensor,
     J: torch.Tensor,
-) -> torch.Tensor:
-    """K (k, k): the potential's Hessian in q, Gauss-Newton for the vertex terms, with every vertex within
-    0.1 of the ground counted as touching it (a fall reaches it within a frame), and the support wall
-    counted from 0.8 of its radius on. For the step size."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K (k, k), the potential's Hessian in q, Gauss-Newton for the vertex terms, in three parts: the
+    prior's, the contacts' (ground, wall) and the pins'. Every vertex within 0.1 of the ground counts as
+    touching it (a fall reaches it within a frame), and the support wall counts from 0.8 of its radius
+    on. For the step size (simulator.steps_per_frame) and the position solve's slope."""
     near = (x[:, 1] - physics.ground < 0.1).to(x.dtype)
-    springs = physics.pin_stiffness * _pin_mass(forcing, masses) + physics.ground_stiffness * masses * near
     walled = (physics.elastic * q).norm() > 0.8 * physics.support
-    prior = (physics.stiffness + physics.support_stiffness * walled) * torch.ones_like(q) * physics.elastic
-    return torch.diag(prior) + weighted_gram(J, springs)
+    wall = physics.support_stiffness * walled * torch.ones_like(q) * physics.elastic
+    prior = physics.stiffness * torch.ones_like(q) * physics.elastic
+    contacts = torch.diag(wall) + weighted_gram(J, physics.ground_stiffness * masses * near)
+    return torch.diag(prior), contacts, weighted_gram(J, physics.pin_stiffness * _pin_mass(forcing, masses))
 
 
 class Terms(NamedTuple):
-    """The first-order terms of the equations of motion at one state (q, v = q'), for one object."""
+    """The first-order terms of the equations of motion at one configuration q, for one object: the
+    generalized force at a velocity v is Q - D v."""
 
     J: torch.Tensor  # (V, 3, k_q)
     G: torch.Tensor  # (k_q, k_q) metric
-    grad_V: torch.Tensor  # (k_q,) dV/dq
-    Q: torch.Tensor  # (k_q,) non-conservative generalized force: external and damping
+    grad_V: torch.Tensor  # (k_q,) dV/dq of the soft terms: the prior and gravity
+    grad_S: torch.Tensor  # (k_q,) dS/dq of the stiff springs: pins, ground, wall (V = soft + S)
+    Q: torch.Tensor  # (k_q,) external generalized force, independent of the velocity
+    D: torch.Tensor  # (k_q, k_q) damping: the non-conservative forces linear in the velocity
 
 
 def terms_from_jacobian(
@@ -175,21 +185,46 @@ def terms_from_jacobian(
     physics: Physics,
     forcing: Forcing,
     q: torch.Tensor,
-    v: torch.Tensor,
     t: float,
 ) -> Terms:
-    """The terms at (q, v) given x and J there: products only, no decoder evaluation."""
+    """The terms at q given x and J there: products only, no decoder evaluation."""
     G = metric(J, masses)
     elastic = physics.elastic * torch.ones_like(q)
-    grad_V = prior_potential(physics, q)[1] + vertex_potential(physics, forcing, masses, x)[
-        1
-    ].flatten() @ J.flatten(0, 1)
-    xdot = J @ v
+    prior = prior_potential(physics, q)[2]
+    grad_V = prior + vertex_potential(physics, forcing, masses, x)[2].flatten() @ J.flatten(0, 1)
+    grad_S = stiff_gradient(physics, forcing, masses, q, x, J)
+    Q = vertex_forces(forcing, masses, t).flatten() @ J.flatten(0, 1)
+    past, direction = _beyond_support(physics, q)
+    D = (
+        weighted_gram(J, vertex_damping(physics, forcing, masses, x))
+        + physics.damping * (elastic[:, None] * G * elastic)
+        + physics.support_damping * (past > 0) * direction[:, None] * direction
+    )
+    return Terms(J, G, grad_V, grad_S, Q, D)
+
+
+def stiff_gradient(
+    physics: Physics,
+    forcing: Forcing,
+    masses: torch.Tensor,
+    q: torch.Tensor,
+    x: torch.Tensor,
+    J: torch.Tensor,
+) -> torch.Tensor:
+    """dS/dq (k,): the stiff springs' share of the potential's gradient (pins, ground, wall)."""
+    springs = vertex_potential(physics, forcing, masses, x)[3]
+    return prior_potential(physics, q)[3] + springs.flatten() @ J.flatten(0, 1)
+
+
+def vertex_damping(physics: Physics, forcing: Forcing, masses: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d (V,) 1/s kg: vertex v feels -d_v x'_v from the pins' dampers, the ground's where it touches, and
+    the drag."""
     touching = (_depth(physics, x) < 0).to(x.dtype)
-    held = physics.ground_damping * masses * touching + physics.pin_damping * _pin_mass(forcing, masses)
-    f = vertex_forces(forcing, masses, t, xdot) - held[:, None] * xdot
-    Q = f.flatten() @ J.flatten(0, 1) - physics.damping * elastic * (G @ (elastic * v))
-    return Terms(J, G, grad_V, Q)
+    return (
+        physics.ground_damping * masses * touching
+        + physics.pin_damping * _pin_mass(forcing, masses)
+        + forcing.drag * masses
+    )
 
 
 def coriolis(
@@ -233,13 +268,10 @@ class System:
         self._metric = self._batched(lambda J, s: metric(J, s.masses), 0)
         self._potential = self._batched(lambda q, x, f, s: potential(physics, f, s.masses, q, x), 0, 0, 0)
         self._terms_from_jacobian = self._batched(
-            lambda x, J, q, v, t, f, s: terms_from_jacobian(x, J, s.masses, physics, f, q, v, t),
-            0,
-            0,
-            0,
-            0,
-            None,
-            0,
+            lambda x, J, q, t, f, s: terms_from_jacobian(x, J, s.masses, physics, f, q, t), 0, 0, 0, None, 0
+        )
+        self._stiff_gradient = self._batched(
+            lambda q, x, J, f, s: stiff_gradient(physics, f, s.masses, q, x, J), 0, 0, 0, 0
         )
         self._stiffness = self._batched(
             lambda q, x, J, f, s: stiffness_matrix(physics, f, s.masses, q, x, J), 0, 0, 0, 0
@@ -285,16 +317,19 @@ class System:
     def potential(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self._potential(q, x, self.forcing)
 
-    def stiffness(self, q: torch.Tensor, x: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+    def stiffness(
+        self, q: torch.Tensor, x: torch.Tensor, J: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self._stiffness(q, x, J, self.forcing)
 
-    def terms(self, q: torch.Tensor, v: torch.Tensor, t: float) -> Terms:
-        return self.terms_from_jacobian(*self.jacobian(q), q, v, t)
+    def stiff_gradient(self, q: torch.Tensor, x: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+        return self._stiff_gradient(q, x, J, self.forcing)
 
-    def terms_from_jacobian(
-        self, x: torch.Tensor, J: torch.Tensor, q: torch.Tensor, v: torch.Tensor, t: float
-    ) -> Terms:
-        return self._terms_from_jacobian(x, J, q, v, t, self.forcing)
+    def terms(self, q: torch.Tensor, t: float) -> Terms:
+        return self.terms_from_jacobian(*self.jacobian(q), q, t)
+
+    def terms_from_jacobian(self, x: torch.Tensor, J: torch.Tensor, q: torch.Tensor, t: float) -> Terms:
+        return self._terms_from_jacobian(x, J, q, t, self.forcing)
 
     def coriolis(self, J: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self._coriolis(J, q, v)
