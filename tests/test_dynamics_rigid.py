@@ -147,6 +147,8 @@ def test_dropped_object_lands_and_comes_to_rest():
     assert abs(lowest[-1] - ground) < 0.02
     scene = checks.Scene(rest.numpy(), shape.latent.masses.numpy(), np.array([0, -9.81, 0]), ground=True)
     assert checks.settled(scene, out.velocities[0].numpy()).passed
+    # the contact, entered within a step at omega dt up to 1, keeps the energy balance (E - E0 = W)
+    assert out.energy_drift().item() < 0.02
 
 
 # ---- each check fails on a planted wrong rollout of its kind ------------------------------------------

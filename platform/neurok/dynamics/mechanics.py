@@ -153,17 +153,17 @@ def stiffness_matrix(
     q: torch.Tensor,
     x: torch.Tensor,
     J: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """K (k, k), the potential's Hessian in q, Gauss-Newton for the vertex terms, in three parts: the
-    prior's, the contacts' (ground, wall) and the pins'. Every vertex within 0.1 of the ground counts as
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K (k, k), the potential's Hessian in q, Gauss-Newton for the vertex terms, in two parts: the
+    prior's, and the stiff springs' (pins, ground, wall). Every vertex within 0.1 of the ground counts as
     touching it (a fall reaches it within a frame), and the support wall counts from 0.8 of its radius
     on. For the step size (simulator.steps_per_frame) and the position solve's slope."""
     near = (x[:, 1] - physics.ground < 0.1).to(x.dtype)
     walled = (physics.elastic * q).norm() > 0.8 * physics.support
     wall = physics.support_stiffness * walled * torch.ones_like(q) * physics.elastic
     prior = physics.stiffness * torch.ones_like(q) * physics.elastic
-    contacts = torch.diag(wall) + weighted_gram(J, physics.ground_stiffness * masses * near)
-    return torch.diag(prior), contacts, weighted_gram(J, physics.pin_stiffness * _pin_mass(forcing, masses))
+    springs = physics.pin_stiffness * _pin_mass(forcing, masses) + physics.ground_stiffness * masses * near
+    return torch.diag(prior), torch.diag(wall) + weighted_gram(J, springs)
 
 
 class Terms(NamedTuple):
@@ -173,7 +173,8 @@ class Terms(NamedTuple):
     J: torch.Tensor  # (V, 3, k_q)
     G: torch.Tensor  # (k_q, k_q) metric
     grad_V: torch.Tensor  # (k_q,) dV/dq of the soft terms: the prior and gravity
-    grad_S: torch.Tensor  # (k_q,) dS/dq of the stiff springs: pins, ground, wall (V = soft + S)
+    S: torch.Tensor  # () the stiff springs' energy: pins, ground, wall (V = soft + S)
+    grad_S: torch.Tensor  # (k_q,) dS/dq
     Q: torch.Tensor  # (k_q,) external generalized force, independent of the velocity
     D: torch.Tensor  # (k_q, k_q) damping: the non-conservative forces linear in the velocity
 
@@ -192,7 +193,7 @@ def terms_from_jacobian(
     elastic = physics.elastic * torch.ones_like(q)
     prior = prior_potential(physics, q)[2]
     grad_V = prior + vertex_potential(physics, forcing, masses, x)[2].flatten() @ J.flatten(0, 1)
-    grad_S = stiff_gradient(physics, forcing, masses, q, x, J)
+    S, grad_S = stiff_potential(physics, forcing, masses, q, x, J)
     Q = vertex_forces(forcing, masses, t).flatten() @ J.flatten(0, 1)
     past, direction = _beyond_support(physics, q)
     D = (
@@ -200,20 +201,21 @@ def terms_from_jacobian(
         + physics.damping * (elastic[:, None] * G * elastic)
         + physics.support_damping * (past > 0) * direction[:, None] * direction
     )
-    return Terms(J, G, grad_V, grad_S, Q, D)
+    return Terms(J, G, grad_V, S, grad_S, Q, D)
 
 
-def stiff_gradient(
+def stiff_potential(
     physics: Physics,
     forcing: Forcing,
     masses: torch.Tensor,
     q: torch.Tensor,
     x: torch.Tensor,
     J: torch.Tensor,
-) -> torch.Tensor:
-    """dS/dq (k,): the stiff springs' share of the potential's gradient (pins, ground, wall)."""
-    springs = vertex_potential(physics, forcing, masses, x)[3]
-    return prior_potential(physics, q)[3] + springs.flatten() @ J.flatten(0, 1)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """S and dS/dq (k,): the stiff springs' share of the potential (pins, ground, wall)."""
+    _, springs, _, gradient = vertex_potential(physics, forcing, masses, x)
+    _, wall, _, wall_gradient = prior_potential(physics, q)
+    return springs + wall, wall_gradient + gradient.flatten() @ J.flatten(0, 1)
 
 
 def vertex_damping(physics: Physics, forcing: Forcing, masses: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -270,8 +272,8 @@ class System:
         self._terms_from_jacobian = self._batched(
             lambda x, J, q, t, f, s: terms_from_jacobian(x, J, s.masses, physics, f, q, t), 0, 0, 0, None, 0
         )
-        self._stiff_gradient = self._batched(
-            lambda q, x, J, f, s: stiff_gradient(physics, f, s.masses, q, x, J), 0, 0, 0, 0
+        self._stiff_potential = self._batched(
+            lambda q, x, J, f, s: stiff_potential(physics, f, s.masses, q, x, J), 0, 0, 0, 0
         )
         self._stiffness = self._batched(
             lambda q, x, J, f, s: stiffness_matrix(physics, f, s.masses, q, x, J), 0, 0, 0, 0
@@ -319,11 +321,13 @@ class System:
 
     def stiffness(
         self, q: torch.Tensor, x: torch.Tensor, J: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._stiffness(q, x, J, self.forcing)
 
-    def stiff_gradient(self, q: torch.Tensor, x: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
-        return self._stiff_gradient(q, x, J, self.forcing)
+    def stiff_potential(
+        self, q: torch.Tensor, x: torch.Tensor, J: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._stiff_potential(q, x, J, self.forcing)
 
     def terms(self, q: torch.Tensor, t: float) -> Terms:
         return self.terms_from_jacobian(*self.jacobian(q), q, t)

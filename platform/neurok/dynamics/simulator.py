@@ -91,13 +91,11 @@ MAX_REFINEMENT = 16  # steps per frame at most this many times cfg's: past it, t
 
 def steps_per_frame(cfg: SimulatorConfig, omega: float, omega_stiff: float) -> int:
     """cfg's steps per output frame, or more (up to MAX_REFINEMENT times), so that omega dt <=
-    cfg.max_omega_dt for the fastest mode without the pins (the variational integrator's energy error is
+    cfg.max_omega_dt for the fastest mode of the soft terms (the variational integrator's energy error is
     about (omega dt)^2 / 8, so the default 0.2 keeps it near 0.5%) and omega_stiff dt <=
-    cfg.max_omega_dt_stiff for the fastest mode with the pins too: the integrator keeps their energy at any
-    step (integrators.Variational), so the step only needs to follow them (at omega dt = 1 a critically
-    damped spring's response is within 6% of the exact one). The contacts (ground, wall) stay in the first
-    group: they switch on within a step, and at omega dt = 0.5 a dropped torus's energy balance was off by
-    4.4% against 1.2% at 0.2 (benchmarks/physics.py)."""
+    cfg.max_omega_dt_stiff for the fastest mode with the stiff springs (pins, ground, wall) too: the
+    integrator keeps their energy at any step (integrators.mean_gradient), so the step only needs to
+    follow them (at omega dt = 1 a critically damped spring's response is within 6% of the exact one)."""
     steps = cfg.steps_per_frame()
     if not cfg.max_omega_dt:
         return steps
@@ -240,8 +238,8 @@ def rollout(
         frame, G, J = observe(state)
         frames, used = [frame], []
         for f in range(cfg.frames):
-            soft, contacts, pins = system.stiffness(frame.q, frame.vertices, J)
-            omegas = fastest_mode(G, soft + contacts), fastest_mode(G, soft + contacts + pins)
+            soft, stiff = system.stiffness(frame.q, frame.vertices, J)
+            omegas = fastest_mode(G, soft), fastest_mode(G, soft + stiff)
             steps = steps_per_frame(cfg, *omegas)
             while True:
                 try:
