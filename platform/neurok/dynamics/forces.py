@@ -1,7 +1,7 @@
 """What acts on a rollout's vertices: point forces over a time window, wind with drag, and pins.
 
 Forces enter the equations of motion as generalized forces Q = J^T f (research/neurok-paper.md s5.3);
-pins hold vertices at their positions by a stiff spring of the potential (mechanics.vertex_potential).
+pins hold vertices at their positions by a stiff spring of the potential (mechanics.spring_potential).
 """
 
 from __future__ import annotations

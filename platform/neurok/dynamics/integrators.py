@@ -27,6 +27,7 @@ class VariationalState(NamedTuple):
     J: torch.Tensor  # (B, V, 3, k_q) dx/dq at q
     G: torch.Tensor  # (B, k_q, k_q) metric at q
     p: torch.Tensor  # (B, k_q) momentum, G q'
+    v: torch.Tensor  # (B, k_q) q' = G^-1 p
     grad_V: torch.Tensor  # (B, k_q) dV/dq at q, of the soft terms (prior, gravity)
     S: torch.Tensor  # (B,) the stiff springs' energy at q (pins, ground, wall)
     grad_S: torch.Tensor  # (B, k_q) dS/dq at q
@@ -102,7 +103,7 @@ class Variational:
         zero = q.new_zeros(q.shape[0])
         p = matvec(tm.G, v)
         return VariationalState(
-            q, x, J, tm.G, p, tm.grad_V, tm.S, tm.grad_S, tm.Q, tm.D, zero, torch.zeros_like(q)
+            q, x, J, tm.G, p, v, tm.grad_V, tm.S, tm.grad_S, tm.Q, tm.D, zero, torch.zeros_like(q)
         )
 
     def solve(
@@ -177,15 +178,15 @@ class Variational:
         )
         # each half-step kick does work at the mean of the velocities before and after it: at half the
         # step's velocity change apart, a strong damping's kicks differ in energy by O((c dt)^2)
-        before, after = system.solve(state.G, state.p), system.solve(tm.G, p)
-        work = state.work + 0.25 * dt * ((start * (before + u)).sum(-1) + (end * (u + after)).sum(-1))
-        return VariationalState(q, x, J, tm.G, p, tm.grad_V, tm.S, tm.grad_S, tm.Q, tm.D, work, q - linear)
+        v = system.solve(tm.G, p)
+        work = state.work + 0.25 * dt * ((start * (state.v + u)).sum(-1) + (end * (u + v)).sum(-1))
+        return VariationalState(q, x, J, tm.G, p, v, tm.grad_V, tm.S, tm.grad_S, tm.Q, tm.D, work, q - linear)
 
     def observe(
         self, system: System, state: VariationalState
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Vertices, q', G and J at the state."""
-        return state.x, system.solve(state.G, state.p), state.G, state.J
+        return state.x, state.v, state.G, state.J
 
 
 class RK4State(NamedTuple):

@@ -50,6 +50,7 @@ class Physics(NamedTuple):
     support: float = math.inf  # r: |P q| past which the wall acts (the latents the decoder was trained on)
     support_stiffness: float = 0.0  # k_s
     support_damping: float = 0.0  # c_s: past the wall, the coordinates feel -c_s (n . P q') n outwards
+    springs: bool = True  # whether pins or a ground act: without, their (zero) terms are not computed
 
 
 def curvature(position: Position, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -100,19 +101,22 @@ def _depth(physics: Physics, x: torch.Tensor) -> torch.Tensor:
     return (x[:, 1] - physics.ground).clamp_max(0)
 
 
-def vertex_potential(
+def gravity_gradient(physics: Physics, masses: torch.Tensor) -> torch.Tensor:
+    """d/dx (V, 3) of gravity's potential -sum_v m_v g . x_v."""
+    return -masses[:, None] * physics.gravity
+
+
+def spring_potential(
     physics: Physics, forcing: Forcing, masses: torch.Tensor, x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """sum_v U_v(x_v) in two parts, gravity's and the stiff springs' (pins, ground), then their gradients
-    dU/dx (V, 3)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pins' and the ground's springs: their energy and its gradient dU/dx (V, 3)."""
     pins = physics.pin_stiffness * _pin_mass(forcing, masses)
     stretch = x - forcing.pin_position
-    ground = physics.ground_stiffness * masses * _depth(physics, x)
-    springs = 0.5 * (pins * stretch.square().sum(-1)).sum() + 0.5 * (ground * _depth(physics, x)).sum()
+    depth = _depth(physics, x)
+    ground = physics.ground_stiffness * masses * depth
+    energy = 0.5 * (pins * stretch.square().sum(-1)).sum() + 0.5 * (ground * depth).sum()
     zero = torch.zeros_like(ground)
-    up = torch.stack([zero, ground, zero], dim=-1)
-    gravity = -masses[:, None] * physics.gravity
-    return (gravity * x).sum(), springs, gravity, pins[:, None] * stretch + up
+    return energy, pins[:, None] * stretch + torch.stack([zero, ground, zero], dim=-1)
 
 
 def _beyond_support(physics: Physics, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +147,8 @@ def prior_potential(
 def potential(
     physics: Physics, forcing: Forcing, masses: torch.Tensor, q: torch.Tensor, x: torch.Tensor
 ) -> torch.Tensor:
-    return sum(prior_potential(physics, q)[:2]) + sum(vertex_potential(physics, forcing, masses, x)[:2])
+    gravity = (gravity_gradient(physics, masses) * x).sum()
+    return sum(prior_potential(physics, q)[:2]) + gravity + spring_potential(physics, forcing, masses, x)[0]
 
 
 def stiffness_matrix(
@@ -158,10 +163,12 @@ def stiffness_matrix(
     prior's, and the stiff springs' (pins, ground, wall). Every vertex within 0.1 of the ground counts as
     touching it (a fall reaches it within a frame), and the support wall counts from 0.8 of its radius
     on. For the step size (simulator.steps_per_frame) and the position solve's slope."""
-    near = (x[:, 1] - physics.ground < 0.1).to(x.dtype)
     walled = (physics.elastic * q).norm() > 0.8 * physics.support
     wall = physics.support_stiffness * walled * torch.ones_like(q) * physics.elastic
     prior = physics.stiffness * torch.ones_like(q) * physics.elastic
+    if not physics.springs:
+        return torch.diag(prior), torch.diag(wall)
+    near = (x[:, 1] - physics.ground < 0.1).to(x.dtype)
     springs = physics.pin_stiffness * _pin_mass(forcing, masses) + physics.ground_stiffness * masses * near
     return torch.diag(prior), torch.diag(wall) + weighted_gram(J, springs)
 
@@ -191,10 +198,10 @@ def terms_from_jacobian(
     """The terms at q given x and J there: products only, no decoder evaluation."""
     G = metric(J, masses)
     elastic = physics.elastic * torch.ones_like(q)
-    prior = prior_potential(physics, q)[2]
-    grad_V = prior + vertex_potential(physics, forcing, masses, x)[2].flatten() @ J.flatten(0, 1)
     S, grad_S = stiff_potential(physics, forcing, masses, q, x, J)
-    Q = vertex_forces(forcing, masses, t).flatten() @ J.flatten(0, 1)
+    fields = torch.stack([gravity_gradient(physics, masses), vertex_forces(forcing, masses, t)])
+    gravity, Q = fields.flatten(1) @ J.flatten(0, 1)  # one product for both pull-backs
+    grad_V = prior_potential(physics, q)[2] + gravity
     past, direction = _beyond_support(physics, q)
     D = (
         weighted_gram(J, vertex_damping(physics, forcing, masses, x))
@@ -213,14 +220,18 @@ def stiff_potential(
     J: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """S and dS/dq (k,): the stiff springs' share of the potential (pins, ground, wall)."""
-    _, springs, _, gradient = vertex_potential(physics, forcing, masses, x)
     _, wall, _, wall_gradient = prior_potential(physics, q)
+    if not physics.springs:
+        return wall, wall_gradient
+    springs, gradient = spring_potential(physics, forcing, masses, x)
     return springs + wall, wall_gradient + gradient.flatten() @ J.flatten(0, 1)
 
 
 def vertex_damping(physics: Physics, forcing: Forcing, masses: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """d (V,) 1/s kg: vertex v feels -d_v x'_v from the pins' dampers, the ground's where it touches, and
     the drag."""
+    if not physics.springs:
+        return forcing.drag * masses
     touching = (_depth(physics, x) < 0).to(x.dtype)
     return (
         physics.ground_damping * masses * touching
@@ -259,6 +270,7 @@ class System:
     """
 
     def __init__(self, shape: ReducedShape, physics: Physics, forcing: Forcing):
+        physics = physics._replace(springs=bool(forcing.pin.ne(0).any()) or physics.ground > -math.inf)
         self.physics, self.forcing, self.tensors = physics, forcing, shape.tensors
         self._forcing_item = None  # the forcing of a batch of one, without its batch axis (_first)
         self.total_mass = shape.tensors.masses.sum(-1)  # () or (B,)
