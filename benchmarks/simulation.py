@@ -59,6 +59,7 @@ def object_rows(model, store: Store, cfg: EvalConfig) -> list[dict]:
         row = {"object": f"{case.object_type} ({case.name})", "vertices": int(case.frames.shape[1])}
         for name, (values, _, _) in runs.items():
             row[f"{name}_frames_per_s"] = values.get("latent_frames_per_s", float("nan"))
+            row[f"{name}_steps"] = values.get("latent_steps", float("nan"))
             row[f"{name}_energy_drift"] = values.get("energy_drift", float("nan"))
         fast_values = runs["fast"][0]
         row["surrogate"] = fast_values.get("surrogate", 0.0)
