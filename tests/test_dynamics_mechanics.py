@@ -184,7 +184,7 @@ def test_steps_are_refined_for_the_fastest_mode():
 
 def test_stiff_springs_are_stable_and_keep_their_energy_past_the_explicit_limit():
     """An undamped pin at omega dt ~ 4 (Stormer-Verlet's limit is 2): the mean gradient keeps its
-    energy (Verlet blows up); the step follows the pin at max_omega_dt_stiff, the prior at max_omega_dt."""
+    energy (Verlet blows up); the step follows the pin at max_omega_dt_pins, the prior at max_omega_dt."""
     rest = toys.cloud(30, dtype=f64)
     shape = ReducedShape.identity(toys.linear(rest, 3))
     pinned = (rest[:, 1] > 0.2).to(f64)
@@ -204,7 +204,7 @@ def test_stiff_springs_are_stable_and_keep_their_energy_past_the_explicit_limit(
         pin_mass.repeat_interleave(3)[:, None] * J
     )
     omega = torch.linalg.eigvals(torch.linalg.solve(G, K)).real.max().sqrt().item()
-    assert followed.steps[0] == math.ceil(omega / (cfg.fps * cfg.max_omega_dt_stiff))
+    assert followed.steps[0] == math.ceil(omega / (cfg.fps * cfg.max_omega_dt_pins))
 
 
 def test_mean_gradient_does_the_work_of_a_contact_that_switches_on_within_the_step():

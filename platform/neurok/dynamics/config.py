@@ -65,7 +65,8 @@ class SimulatorConfig:
     damping: float = 0.0  # c in the Rayleigh force -c G q', 1/s; 0 conserves energy
     gravity: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # m/s^2, y-up; Earth: [0, -9.81, 0]
     max_omega_dt: float = 0.2  # refine dt so the fastest mode's omega dt is at most this; 0: use dt as is
-    max_omega_dt_stiff: float = 1.0  # and at most this with the stiff springs too (pins, ground, wall)
+    max_omega_dt_contacts: float = 1.0  # and at most this with the contacts too (ground, wall)
+    max_omega_dt_pins: float = 2.0  # and at most this with the pins too
     support: float | None = 2.0  # a wall keeps |q| (the deformation's coordinates) within support sqrt(k_q)
     #                              prior deviations, where the surrogate is fitted (surrogate.spread); None:
     #                              no wall

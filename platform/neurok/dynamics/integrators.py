@@ -74,7 +74,8 @@ class Variational:
     The stiff springs S (pins, ground, wall) act through their mean gradient over the step instead of
     at each end (a discrete gradient, implicit in q_n+1: mean_gradient): stable at any omega dt, and
     their work over a step is their energy's change, even for a contact that switches on within it, so
-    the step follows them (simulator.max_omega_dt_stiff) instead of resolving their period.
+    the step follows them (simulator.max_omega_dt_contacts, max_omega_dt_pins) instead of resolving
+    their period.
 
     Why this one: a variational integrator is symplectic for every Lagrangian, including this one with a
     configuration-dependent metric, so its energy error stays bounded (about (omega dt)^2 / 8 of the
@@ -161,7 +162,8 @@ class Variational:
     def step(self, system: System, state: VariationalState, t: float, dt: float) -> VariationalState:
         # J_n^T M (x_n+1 - x_n) / dt = b - D_n (q_n+1 - q_n) / 2 - dt/2 (mean_gradient - dS/dq_n)
         b = state.p + 0.5 * dt * (state.Q - state.grad_V - state.grad_S)
-        K_S = system.stiffness(state.q, state.x, state.J)[1]
+        _, contacts, pins = system.stiffness(state.q, state.x, state.J)
+        K_S = contacts + pins
         slope = state.G + 0.5 * dt * state.D + 0.25 * dt * dt * K_S
         linear = state.q + dt * system.solve(slope, b)  # exact when x is linear in q (and S quadratic)
         q, x, J = self.solve(

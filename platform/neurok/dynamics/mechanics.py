@@ -167,10 +167,10 @@ def stiffness_matrix(
     wall = physics.support_stiffness * walled * torch.ones_like(q) * physics.elastic
     prior = physics.stiffness * torch.ones_like(q) * physics.elastic
     if not physics.springs:
-        return torch.diag(prior), torch.diag(wall)
+        return torch.diag(prior), torch.diag(wall), torch.zeros_like(J[0, 0]).diag()
     near = (x[:, 1] - physics.ground < 0.1).to(x.dtype)
-    springs = physics.pin_stiffness * _pin_mass(forcing, masses) + physics.ground_stiffness * masses * near
-    return torch.diag(prior), torch.diag(wall) + weighted_gram(J, springs)
+    contacts = torch.diag(wall) + weighted_gram(J, physics.ground_stiffness * masses * near)
+    return torch.diag(prior), contacts, weighted_gram(J, physics.pin_stiffness * _pin_mass(forcing, masses))
 
 
 class Terms(NamedTuple):

@@ -89,20 +89,24 @@ def fastest_mode(G: torch.Tensor, K: torch.Tensor) -> float:
 MAX_REFINEMENT = 16  # steps per frame at most this many times cfg's: past it, the guards decide
 
 
-def steps_per_frame(cfg: SimulatorConfig, omega: float, omega_stiff: float) -> int:
+def steps_per_frame(cfg: SimulatorConfig, omega: float, omega_contacts: float, omega_pins: float) -> int:
     """cfg's steps per output frame, or more (up to MAX_REFINEMENT times), so that omega dt <=
     cfg.max_omega_dt for the fastest mode of the soft terms (the variational integrator's energy error is
-    about (omega dt)^2 / 8, so the default 0.2 keeps it near 0.5%) and omega_stiff dt <=
-    cfg.max_omega_dt_stiff for the fastest mode with the stiff springs (pins, ground, wall) too: the
-    integrator keeps their energy at any step (integrators.mean_gradient), so the step only needs to
-    follow them (at omega dt = 1 a critically damped spring's response is within 6% of the exact one)."""
+    about (omega dt)^2 / 8, so the default 0.2 keeps it near 0.5%), <= cfg.max_omega_dt_contacts with the
+    contacts (ground, wall) too, and <= cfg.max_omega_dt_pins with the pins too. The integrator keeps the
+    stiff springs' energy at any step (integrators.mean_gradient), so the step only needs to follow them:
+    at omega dt = 1 a critically damped spring's response is within 6% of the exact one, at 2 it settles
+    within the step. A contact switches on within a step and shapes a landing, so it is followed more
+    finely than a pin, which only holds."""
     steps = cfg.steps_per_frame()
     if not cfg.max_omega_dt:
         return steps
     most = MAX_REFINEMENT * steps
-    if math.isinf(omega) or math.isinf(omega_stiff):
+    omegas = (omega, omega_contacts, omega_pins)
+    if any(math.isinf(w) for w in omegas):
         return most
-    needed = max(omega / cfg.max_omega_dt, omega_stiff / cfg.max_omega_dt_stiff) / cfg.fps
+    limits = (cfg.max_omega_dt, cfg.max_omega_dt_contacts, cfg.max_omega_dt_pins)
+    needed = max(w / limit for w, limit in zip(omegas, limits, strict=True)) / cfg.fps
     return min(max(steps, math.ceil(needed)), most)
 
 
@@ -238,8 +242,8 @@ def rollout(
         frame, G, J = observe(state)
         frames, used = [frame], []
         for f in range(cfg.frames):
-            soft, stiff = system.stiffness(frame.q, frame.vertices, J)
-            omegas = fastest_mode(G, soft), fastest_mode(G, soft + stiff)
+            soft, contacts, pins = system.stiffness(frame.q, frame.vertices, J)
+            omegas = [fastest_mode(G, K) for K in (soft, soft + contacts, soft + contacts + pins)]
             steps = steps_per_frame(cfg, *omegas)
             while True:
                 try:
