@@ -35,27 +35,18 @@ def test_wall_potential_and_gradient():
     torch.testing.assert_close(gradient, autograd)
 
 
-def test_wall_stops_a_coordinate_of_almost_no_stiffness_and_keeps_the_energy_balance():
+def test_wall_turns_back_a_coordinate_of_almost_no_stiffness_and_conserves_energy():
     shape = ReducedShape.identity(toys.linear(toys.cloud(60, dtype=f64), 2))
     q0, v0 = torch.zeros(1, 2, dtype=f64), torch.tensor([[4.0, 0.0]], dtype=f64)
     cfg = SimulatorConfig(frames=30, stiffness=1e-6)  # 1 s: unheld, q reaches 4, twice the wall's 2 sqrt(2)
     free = rollout(shape, q0, v0, dataclasses.replace(cfg, support=None))
+    held = rollout(shape, q0, v0, cfg)
     radius = 2.0 * math.sqrt(2)
     assert free.q[0, -1].norm() > 3.9
-    # an undamped wall turns it back, conserving energy
-    elastic = rollout(shape, q0, v0, dataclasses.replace(cfg, support_damping=0.0))
-    assert 0.95 * radius < elastic.q[0].norm(dim=-1).max() < 1.1 * radius  # frames at 30 fps miss the peak
-    assert elastic.qdot[0, -1, 0] < 0  # it came back
-    assert elastic.energy_drift().item() < 0.02
-    # the default, critically damped wall stops it there (it may slide along it: G is not the identity),
-    # and the work of its damping is the energy lost, at the step that follows the wall (omega dt <= 1)
-    held = rollout(shape, q0, v0, cfg)
-    q, v = held.q[0, -1], held.qdot[0, -1]
-    assert 0.95 * radius < q.norm() < 1.02 * radius
-    assert (v @ q / q.norm()).abs() < 0.01 * v0.norm()  # no speed left across the wall
-    assert held.kinetic[0, -1] < 0.5 * held.kinetic[0, 0]
-    assert held.work[0, -1] < -0.5 * held.kinetic[0, 0]  # the damping took it
-    assert held.energy_drift().item() < 0.02  # E - E0 = W
+    assert 0.95 * radius < held.q[0].norm(dim=-1).max() < 1.1 * radius  # frames at 30 fps miss the peak
+    assert held.qdot[0, -1, 0] < 0  # it came back
+    # entered within a step at omega dt up to 1, the wall still keeps the energy (integrators.mean_gradient)
+    assert held.energy_drift().item() < 1e-3
 
 
 def test_directions_that_barely_move_the_mesh_are_not_simulated():

@@ -72,8 +72,6 @@ class SimulatorConfig:
     #                              no wall
     support_frequency: float = 30.0  # Hz: the wall's stiffness per unit of q's mean inertia at the start:
     #                                  past it the vertices move ~g / (2 pi f)^2
-    support_damping: float = 1.0  # the wall's damping ratio: a shape pressed to the edge of what the
-    #                               decoder learned stays there instead of ringing at 30 Hz
     eps: float = 1e-6  # metric regulariser: solve with G + eps tr(G)/k_q I
     min_inertia: float = 1e-2  # simulate the reduced space's directions whose inertia at rest is at least
     #                            this share of the largest: a lighter one is a mode of almost no mass, too

@@ -3,7 +3,7 @@
     x(q) = D(mu_cond + A^T q)               decoded vertices, (V, 3) (or a floating frame's: rigid.py)
     T = 1/2 q'^T G q',  G = J^T M J         kinetic energy and metric, J = dx/dq, M = vertex masses
     V = kappa/2 |P q|^2 + sum_v U_v(x_v)    negative log prior (restoring) on the elastic coordinates P,
-        + k_s/2 max(0, |P q| - r)^2         and a damped wall where the prior's support ends (|P q| = r),
+        + k_s/2 max(0, |P q| - r)^2         and a wall where the prior's support ends (|P q| = r),
         U_v = -m_v g . x_v                  gravity (y-up g),
             + k_pin/2 m_v |x_v - p_v|^2     pins: a stiff, damped spring to where each vertex is held,
             + k_g/2 m_v min(0, y_v - h)^2   a ground plane at height h (penalty contact)
@@ -12,8 +12,7 @@
     C = J^T M D^2x[q', q']                  Christoffel (Coriolis and centrifugal) term, = G' q' - dT/dq
     Q = J^T f                               external forces that do not depend on the velocity
     D = J^T diag(d) J + c P G P             the forces linear in it: d_v the pins', the contact's and
-        + c_s n n^T [|P q| > r]             the drag's damping of vertex v, c the Rayleigh damping of P q,
-                                            c_s the wall's (n = P q / |P q|)
+                                            the drag's damping of vertex v, c the Rayleigh damping of P q
 
 The functions are for one object and one state; `System` vectorises them over a batch with vmap.
 J comes from k_q forward-mode derivatives (ReducedShape.jacobian_fn); C, which only RK4 needs, from one JVP
@@ -49,7 +48,6 @@ class Physics(NamedTuple):
     ground_damping: float = 0.0  # 1/s: a vertex below the plane feels -m_v c_g x'_v (impact and friction)
     support: float = math.inf  # r: |P q| past which the wall acts (the latents the decoder was trained on)
     support_stiffness: float = 0.0  # k_s
-    support_damping: float = 0.0  # c_s: past the wall, the coordinates feel -c_s (n . P q') n outwards
     springs: bool = True  # whether pins or a ground act: without, their (zero) terms are not computed
 
 
@@ -202,11 +200,8 @@ def terms_from_jacobian(
     fields = torch.stack([gravity_gradient(physics, masses), vertex_forces(forcing, masses, t)])
     gravity, Q = fields.flatten(1) @ J.flatten(0, 1)  # one product for both pull-backs
     grad_V = prior_potential(physics, q)[2] + gravity
-    past, direction = _beyond_support(physics, q)
-    D = (
-        weighted_gram(J, vertex_damping(physics, forcing, masses, x))
-        + physics.damping * (elastic[:, None] * G * elastic)
-        + physics.support_damping * (past > 0) * direction[:, None] * direction
+    D = weighted_gram(J, vertex_damping(physics, forcing, masses, x)) + physics.damping * (
+        elastic[:, None] * G * elastic
     )
     return Terms(J, G, grad_V, S, grad_S, Q, D)
 

@@ -183,8 +183,7 @@ def physics_of(shape: ReducedShape | FloatingShape, cfg: SimulatorConfig, dtype,
 
 def with_support(physics: Physics, cfg: SimulatorConfig, G: torch.Tensor) -> Physics:
     """`physics` with the wall at the prior's support (cfg.support), its stiffness set from the metric G
-    (B, k, k) at the start: the deformation's mean inertia times (2 pi cfg.support_frequency)^2, and
-    damped at cfg.support_damping of the critical rate."""
+    (B, k, k) at the start: the deformation's mean inertia times (2 pi cfg.support_frequency)^2."""
     if cfg.support is None:
         return physics
     elastic = torch.as_tensor(physics.elastic, dtype=G.dtype, device=G.device).expand(G.shape[-1])
@@ -192,7 +191,6 @@ def with_support(physics: Physics, cfg: SimulatorConfig, G: torch.Tensor) -> Phy
     return physics._replace(
         support=cfg.support * math.sqrt(float(elastic.sum())),
         support_stiffness=float(inertia) * (2 * math.pi * cfg.support_frequency) ** 2,
-        support_damping=float(inertia) * 2 * cfg.support_damping * 2 * math.pi * cfg.support_frequency,
     )
 
 
