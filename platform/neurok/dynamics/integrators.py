@@ -126,18 +126,10 @@ class Variational:
         slope = regularised(slope, system.physics.eps)
 
         def residual_at(q: torch.Tensor, x: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
-            springs = (
-                0.5
-                * dt
-                * dt
-                * (
-                    mean_gradient(
-                        q - state.q, state.G, state.S, state.grad_S, *system.stiff_potential(q, x, J)
-                    )
-                    - state.grad_S
-                )
-            )
-            return system.pullback(state.J, x - state.x) + matvec(damping, q - state.q) + springs - target
+            dq = q - state.q
+            mean = mean_gradient(dq, state.G, state.S, state.grad_S, *system.stiff_potential(q, x, J))
+            springs = 0.5 * dt * dt * (mean - state.grad_S)
+            return system.pullback(state.J, x - state.x) + matvec(damping, dq) + springs - target
 
         x, J = system.jacobian(q)
         residual = residual_at(q, x, J)
@@ -166,18 +158,16 @@ class Variational:
         K_S = contacts + pins
         slope = state.G + 0.5 * dt * state.D + 0.25 * dt * dt * K_S
         linear = state.q + dt * system.solve(slope, b)  # exact when x is linear in q (and S quadratic)
-        q, x, J = self.solve(
-            system, state, dt * b, linear + state.bend, dt, slope
-        )  # the curvature changes little
+        guess = linear + state.bend  # the curvature changes little
+        q, x, J = self.solve(system, state, dt * b, guess, dt, slope)
         arriving = system.pullback(J, x - state.x) / dt
         tm = system.terms_from_jacobian(x, J, q, t + dt)
-        u = (q - state.q) / dt
-        arriving_v = system.solve(tm.G, arriving)
+        dq = q - state.q
+        u = dq / dt
         start = state.Q - matvec(state.D, u)  # the forces each half of the step applied
-        end = tm.Q - matvec(tm.D, arriving_v)
-        p = arriving + 0.5 * dt * (
-            end - tm.grad_V - mean_gradient(q - state.q, state.G, state.S, state.grad_S, tm.S, tm.grad_S)
-        )
+        end = tm.Q - matvec(tm.D, system.solve(tm.G, arriving))
+        mean = mean_gradient(dq, state.G, state.S, state.grad_S, tm.S, tm.grad_S)
+        p = arriving + 0.5 * dt * (end - tm.grad_V - mean)
         # each half-step kick does work at the mean of the velocities before and after it: at half the
         # step's velocity change apart, a strong damping's kicks differ in energy by O((c dt)^2)
         v = system.solve(tm.G, p)

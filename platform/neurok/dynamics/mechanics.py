@@ -156,9 +156,9 @@ def stiffness_matrix(
     q: torch.Tensor,
     x: torch.Tensor,
     J: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """K (k, k), the potential's Hessian in q, Gauss-Newton for the vertex terms, in two parts: the
-    prior's, and the stiff springs' (pins, ground, wall). Every vertex within 0.1 of the ground counts as
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K (k, k), the potential's Hessian in q, Gauss-Newton for the vertex terms, in three parts: the
+    prior's, the contacts' (ground, wall) and the pins'. Every vertex within 0.1 of the ground counts as
     touching it (a fall reaches it within a frame), and the support wall counts from 0.8 of its radius
     on. For the step size (simulator.steps_per_frame) and the position solve's slope."""
     walled = (physics.elastic * q).norm() > 0.8 * physics.support
@@ -328,7 +328,7 @@ class System:
 
     def stiffness(
         self, q: torch.Tensor, x: torch.Tensor, J: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self._stiffness(q, x, J, self.forcing)
 
     def stiff_potential(
