@@ -59,6 +59,8 @@ class SimulatorConfig:
     fps: float = 30.0  # output frame rate; 1 / (fps dt) must be a whole number of steps
     frames: int = 60  # output frames after the initial one (2 s at 30 fps)
     integrator: Integrator = Integrator.variational
+    compiled: bool = True  # a surrogate on a floating frame steps as one compiled loop (dynamics.compiled);
+    #                        off: the torch path, the reference
     solver_iterations: int = 20  # most quasi-Newton iterations of the variational step's position solve
     solver_tol: float = 1e-5  # stop when a correction moves the vertices less (RMS; float32 noise ~1e-6)
     stiffness: float = 1.0  # kappa in V = kappa/2 |q|^2 (negative log prior in reduced coordinates)

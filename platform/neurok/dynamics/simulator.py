@@ -11,9 +11,12 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch.func import jvp, vmap
+from torch.utils._pytree import tree_map
 
+from neurok.dynamics import compiled, modal
 from neurok.dynamics.config import Integrator, SimulatorConfig
 from neurok.dynamics.forces import Forcing
 from neurok.dynamics.integrators import RK4, NotConverged, Variational
@@ -48,6 +51,7 @@ class Rollout:
     potential: torch.Tensor  # (B, F + 1) J
     work: torch.Tensor  # (B, F + 1) J, done by external forces and damping since t = 0
     steps: list[int]  # integrator steps of each frame interval (cfg.dt's, or more: see rollout)
+    path: str = "torch"  # which implementation ran: "compiled" (dynamics.compiled) or "torch"
 
     @property
     def total(self) -> torch.Tensor:
@@ -66,6 +70,24 @@ class Frame(NamedTuple):
     kinetic: torch.Tensor
     potential: torch.Tensor
     work: torch.Tensor
+
+
+def failure(code: int, value: float, cfg: SimulatorConfig) -> str:
+    """What went wrong in a step or frame, by compiled's failure codes (both paths use them)."""
+    if code == compiled.NOT_POSITIVE_DEFINITE:
+        return "the metric G is not positive definite (the state blew up, or the decoder ignores a q)"
+    if code == compiled.NOT_CONVERGED:
+        return (
+            f"the variational step's position solve did not converge in {cfg.solver_iterations} iterations "
+            f"(the last correction moved the vertices by {value:.3g} (RMS), tolerance simulator.solver_tol = "
+            f"{cfg.solver_tol:g})"
+        )
+    if code == compiled.NOT_FINITE:
+        return "the state is not finite"
+    return (
+        f"the total energy error |E - E0 - W| is {value:.3g} of the energy in play "
+        f"(limit simulator.max_energy_error = {cfg.max_energy_error:g})"
+    )
 
 
 def _stop(step: int, t: float, what: str, items: torch.Tensor, dt: float) -> NeurokError:
@@ -116,10 +138,7 @@ def _check_energy(frames: list[Frame], steps: int, t: float, cfg: SimulatorConfi
     ratio = relative_energy_error(*energy)[:, -1].abs()
     over = ~(ratio <= cfg.max_energy_error)  # NaN counts as over
     if over.any():
-        what = (
-            f"the total energy error |E - E0 - W| is {ratio.max().item():.3g} of the energy in play "
-            f"(limit simulator.max_energy_error = {cfg.max_energy_error:g})"
-        )
+        what = failure(compiled.ENERGY, ratio.max().item(), cfg)
         raise _StepFailed(steps, t, what, over.nonzero().flatten())
 
 
@@ -139,19 +158,17 @@ def _frame(integrator, system: System, state, t0: float, steps: int, cfg: Simula
         try:
             state = integrator.step(system, state, t - dt, dt)
         except torch.linalg.LinAlgError:
-            what = "the metric G is not positive definite (the state blew up, or the decoder ignores a q)"
+            what = failure(compiled.NOT_POSITIVE_DEFINITE, 0.0, cfg)
             raise _StepFailed(i, t, what, torch.arange(state.q.shape[0])) from None
         except NotConverged as exc:
-            what = (
-                f"the variational step's position solve did not converge in {cfg.solver_iterations} "
-                f"iterations ({exc}, tolerance simulator.solver_tol = {cfg.solver_tol:g})"
-            )
+            what = failure(compiled.NOT_CONVERGED, exc.residual.max().item(), cfg)
             raise _StepFailed(i, t, what, (exc.residual > cfg.solver_tol).nonzero().flatten()) from None
     # once a frame, not a step: a non-finite value stays so (or stops the position solve first)
     batch = state.q.shape[0]
     bad = ~torch.stack([torch.isfinite(x).reshape(batch, -1).all(1) for x in state], 1).all(1)
     if bad.any():
-        raise _StepFailed(steps, t0 + steps * dt, "the state is not finite", bad.nonzero().flatten())
+        what = failure(compiled.NOT_FINITE, 0.0, cfg)
+        raise _StepFailed(steps, t0 + steps * dt, what, bad.nonzero().flatten())
     return state
 
 
@@ -194,6 +211,74 @@ def with_support(physics: Physics, cfg: SimulatorConfig, G: torch.Tensor) -> Phy
     )
 
 
+def compiled_applies(shape: ReducedShape | FloatingShape, cfg: SimulatorConfig) -> bool:
+    """Whether rollout() runs `shape` through the compiled loop: one surrogate-decoded object on a floating
+    frame, the variational integrator, and simulator.compiled on."""
+    return cfg.compiled and Integrator(cfg.integrator) == Integrator.variational and modal.applies(shape)
+
+
+def _compiled_rollout(
+    shape: FloatingShape,
+    q0: torch.Tensor,
+    qdot0: torch.Tensor,
+    cfg: SimulatorConfig,
+    forcing: Forcing,
+    physics: Physics,
+) -> Rollout:
+    """rollout() through dynamics.compiled, one batch item at a time."""
+    a, E, m = modal.centred(shape)
+    body = modal.body(shape, a, E, m)
+    plane = modal.every_vertex(*(t[: len(t) if physics.ground > -math.inf else 0] for t in (a, E, m)))
+    base = cfg.steps_per_frame()
+    stepping = compiled.Stepping(
+        float(cfg.fps),
+        int(cfg.frames),
+        base,
+        MAX_REFINEMENT * base if cfg.max_omega_dt else base,
+        float(cfg.max_omega_dt),
+        float(cfg.max_omega_dt_contacts),
+        float(cfg.max_omega_dt_pins),
+        float(cfg.max_energy_error),
+        int(cfg.solver_iterations),
+        float(cfg.solver_tol),
+    )
+    runs = []
+    for b in range(q0.shape[0]):
+        item = tree_map(lambda t: t[b], forcing)
+        params = compiled.Params(
+            float(physics.stiffness),
+            float(physics.damping),
+            modal.as_float64(physics.gravity),
+            float(physics.eps),
+            float(physics.pin_stiffness),
+            float(physics.pin_damping),
+            float(physics.ground),
+            float(physics.ground_stiffness),
+            float(physics.ground_damping),
+            float(physics.support),
+            float(physics.support_stiffness),
+            float(item.drag),
+            modal.as_float64(item.wind),
+        )
+        s0, v0 = (modal.as_float64(t[b]) for t in (q0, qdot0))
+        *frames, used, (code, step, t, value, dt) = compiled.run(
+            body, params, modal.pinned(a, E, m, item), plane, modal.loads(a, E, item), s0, v0, stepping
+        )
+        if code != compiled.OK:
+            raise _stop(int(step), t, failure(code, value, cfg), torch.tensor([b]), dt)
+        runs.append((frames, used))
+    coords, rates, kinetic, potential, work = (np.stack([r[0][i] for r in runs]) for i in range(5))
+    flat = (t.reshape(-1, t.shape[-1]) for t in (coords, rates))
+    vertices, velocities = (
+        torch.from_numpy(t.reshape(*coords.shape[:2], *t.shape[1:])).to(q0)
+        for t in compiled.decode(body, a, E, *flat)
+    )
+    q, v, kinetic, potential, work = (torch.from_numpy(t).to(q0) for t in (coords, rates, kinetic, potential, work))
+    time = torch.arange(cfg.frames + 1, dtype=q0.dtype, device=q0.device) / cfg.fps
+    steps = np.max([r[1] for r in runs], axis=0).tolist()  # of the batch item that needed the most
+    return Rollout(time, q, v, vertices, velocities, kinetic, potential, work, steps, "compiled")
+
+
 def rollout(
     shape: ReducedShape | FloatingShape,
     q0: torch.Tensor,
@@ -210,7 +295,8 @@ def rollout(
     frame (q0 then starts with its 6 coordinates). `forcing` is batched (B, ...); None means no external
     force. Each frame is integrated in equal steps, cfg.dt or finer: with cfg.max_omega_dt set, fine
     enough for the fastest mode at the frame's start, and a frame whose step fails is retried with twice
-    the steps, up to MAX_REFINEMENT times cfg's. Raises NeurokError (step, time, quantity) when the state
+    the steps, up to MAX_REFINEMENT times cfg's. One surrogate-decoded object on a floating frame runs
+    through dynamics.compiled (compiled_applies), the same integrator as one compiled loop. Raises NeurokError (step, time, quantity) when the state
     stops being finite, the metric is not positive definite, the implicit step does not converge, or
     energy is created beyond cfg.max_energy_error.
     """
@@ -221,6 +307,8 @@ def rollout(
     with torch.no_grad():
         start = System(shape, physics, forcing)
         physics = with_support(physics, cfg, start.metric(start.jacobian(q0)[1]))
+    if output is None and compiled_applies(shape, cfg):
+        return _compiled_rollout(shape, q0, qdot0, cfg, forcing, physics)
     system = System(shape, physics, forcing)
     integrators = {
         Integrator.variational: lambda: Variational(cfg.solver_iterations, cfg.solver_tol),

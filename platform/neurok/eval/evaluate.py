@@ -345,6 +345,7 @@ def simulation(
         "latent_frames_per_s": sim.frames / wall,
         "latent_frames": float(sim.frames),
         "latent_steps": float(sum(out.steps)),
+        "latent_compiled": float(out.path == "compiled"),
         "surrogate": float(prepared.decoder["decoder"] == "surrogate"),
         **{f"surrogate_{k}": v for k, v in prepared.decoder.items() if isinstance(v, float)},
     }

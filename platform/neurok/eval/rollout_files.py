@@ -40,6 +40,7 @@ from neurok.dynamics.checks import Check
 from neurok.dynamics.from_model import latent_shape
 from neurok.dynamics.mechanics import metric
 from neurok.dynamics.rigid import RIGID, FloatingShape
+from neurok.dynamics.simulator import compiled_applies
 from neurok.errors import BadInputError
 from neurok.eval.config import ModelShapeConfig, RenderConfig
 from neurok.eval.render import render_frames, write_video
@@ -136,8 +137,9 @@ def simulated_body(
 ) -> Body:
     """What the simulator integrates for an object's reduced space: its directions with inertia at rest
     (simulator.min_inertia), through the object's surrogate decoder (dynamics.surrogate), carried by a
-    rigid frame unless shape.rigid is off, and stepped on a cubature (dynamics.cubature) unless a ground
-    plane needs every vertex. `forcing`'s vertices are stepped too."""
+    rigid frame unless shape.rigid is off. That body steps as one compiled loop over its mass moments
+    (dynamics.compiled); where that does not apply, on a cubature (dynamics.cubature) unless a ground
+    plane needs every vertex, with `forcing`'s vertices stepped too."""
     with torch.no_grad():
         heavy = heavy_directions(shape, dynamics.simulator.min_inertia, dynamics.simulator.min_motion)
     sim = dynamics.simulator
@@ -153,9 +155,11 @@ def simulated_body(
     record["deformation_dims"] = heavy.dims
     carried = FloatingShape if shape_cfg.rigid else (lambda s: s)
     full = carried(deformed)
+    record["path"] = "compiled" if compiled_applies(full, sim) else "torch"
     cfg = dynamics.cubature
     if (
-        record["decoder"] != "surrogate"
+        record["path"] == "compiled"  # its steps sum every vertex's mass exactly, at no cost per vertex
+        or record["decoder"] != "surrogate"
         or not cfg.enabled
         or ground
         or shape.latent.num_vertices <= cfg.max_points
