@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@echo "compiling the latent simulator's loop (numba, cached: about a minute, once)"
+	$(PY) -c "from neurok.dynamics.simulator import warm_up; warm_up()"
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the project with its dev extra

@@ -13,8 +13,17 @@ import dataclasses
 import pytest
 import torch
 
-from neurok.dynamics import Forcing, PointForce, ReducedShape, SimulatorConfig, heavy_directions, rollout, toys
-from neurok.dynamics import compiled, modal
+from neurok.dynamics import (
+    Forcing,
+    PointForce,
+    ReducedShape,
+    SimulatorConfig,
+    compiled,
+    heavy_directions,
+    modal,
+    rollout,
+    toys,
+)
 from neurok.dynamics.config import SurrogateConfig
 from neurok.dynamics.mechanics import metric, pullback
 from neurok.dynamics.rigid import FloatingShape
@@ -53,7 +62,9 @@ def test_the_moments_give_every_vertex_sums(body):
         ev, ev1 = (compiled.evaluate(moments, modal.as_float64(t)) for t in (s, s1))
         G = torch.from_numpy(compiled.gram(moments.mass, ev, ev[4]))
         assert torch.allclose(G, metric(J, body.latent.masses), rtol=1e-9, atol=1e-12)
-        moved = torch.from_numpy(compiled.pullback(moments, modal.as_float64(s), ev, modal.as_float64(s1), ev1))
+        moved = torch.from_numpy(
+            compiled.pullback(moments, modal.as_float64(s), ev, modal.as_float64(s1), ev1)
+        )
         assert torch.allclose(moved, pullback(J, body.latent.masses, x1 - x), rtol=1e-9, atol=1e-12)
 
 
@@ -73,7 +84,11 @@ def forcings(body: FloatingShape) -> dict[str, tuple[Forcing, dict, torch.Tensor
             {"damping": 0.3},
             still,
         ),
-        "pinned, poked": (Forcing.build(V, poke, dtype=F64, pin=pin, pin_position=rest), {"gravity": GRAVITY}, still),
+        "pinned, poked": (
+            Forcing.build(V, poke, dtype=F64, pin=pin, pin_position=rest),
+            {"gravity": GRAVITY},
+            still,
+        ),
         "dropped on a ground": (
             Forcing.build(V, dtype=F64),
             {"gravity": GRAVITY, "ground": float(rest[:, 1].min()) - 0.1},
@@ -84,7 +99,8 @@ def forcings(body: FloatingShape) -> dict[str, tuple[Forcing, dict, torch.Tensor
 
 
 @pytest.mark.parametrize(
-    "case", ["poke under gravity", "wind, drag and damping", "pinned, poked", "dropped on a ground", "spinning"]
+    "case",
+    ["poke under gravity", "wind, drag and damping", "pinned, poked", "dropped on a ground", "spinning"],
 )
 def test_compiled_rollout_is_the_torch_rollout(body, case):
     forcing, physics, v0 = forcings(body)[case]

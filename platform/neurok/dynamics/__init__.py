@@ -5,6 +5,8 @@ reduction   active subspace: reduced coordinates q, z(q) = mu_cond + A^T q
 rigid       FloatingShape: the reduced shape carried by six rigid coordinates (falls, throws, spins)
 surrogate   an object's decoder fitted, for the simulator, as a small function of q (issue 16)
 cubature    the steps on a few weighted points of an object instead of all its vertices
+modal       a surrogate-decoded object on a floating frame as mass moments of its modes
+compiled    the variational rollout of such an object as one compiled (numba) loop: the fast path
 mechanics   the Lagrangian terms: metric, Christoffel term, potential, generalized forces
 integrators variational Stormer-Verlet in vertex space (symplectic, default) and RK4
 simulator   batched rollouts with energy bookkeeping and blow-up guards

@@ -25,6 +25,11 @@ import numpy as np
 RIGID = 6
 TINY = np.finfo(np.float64).tiny
 
+# cached: a fresh install compiles once, about a minute (simulator.warm_up). fastmath (without the
+# no-NaN/no-inf assumptions the guards need) changed nothing measurable: a step's time is in small
+# arrays' allocation and reference counting, not arithmetic
+jit = numba.njit(cache=True, nogil=True)
+
 # failure codes of run(), read by the caller (simulator.failure)
 OK, NOT_POSITIVE_DEFINITE, NOT_CONVERGED, NOT_FINITE, ENERGY = 0, 1, 2, 3, 4
 
@@ -65,7 +70,7 @@ class Stepping(NamedTuple):
 # ---- small dense algebra with a success flag (numba cannot catch LAPACK's exceptions)
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def cholesky(A):
     """Lower L with L L^T = A, and whether A is positive definite."""
     n = A.shape[0]
@@ -80,7 +85,7 @@ def cholesky(A):
     return L, True
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def lower_solve(L, B):
     """L^-1 B for lower-triangular L and B (n,) or (n, m)."""
     X = B.copy()
@@ -91,7 +96,7 @@ def lower_solve(L, B):
     return X
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def regularised(G, eps):
     """mechanics.regularised."""
     n = G.shape[0]
@@ -102,7 +107,7 @@ def regularised(G, eps):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def solve_metric(G, b, eps):
     """mechanics.solve_metric, and whether the Cholesky factorisation held."""
     L, ok = cholesky(regularised(G, eps))
@@ -118,7 +123,7 @@ def solve_metric(G, b, eps):
     return x, True
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def lu_solve(A, b):
     """A^-1 b by Gaussian elimination with partial pivoting, and whether A was regular."""
     n = A.shape[0]
@@ -126,7 +131,7 @@ def lu_solve(A, b):
     x = b.copy()
     for j in range(n):
         pivot = j + np.argmax(np.abs(M[j:, j]))
-        if not M[pivot, j] != 0:
+        if not M[pivot, j] != 0:  # noqa: SIM202 (a NaN pivot counts as zero)
             return x, False
         if pivot != j:
             for col in range(n):
@@ -141,7 +146,7 @@ def lu_solve(A, b):
     return x, True
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def fastest_mode(G, K):
     """simulator.fastest_mode for one object."""
     L, ok = cholesky(G)
@@ -152,7 +157,7 @@ def fastest_mode(G, K):
     return math.sqrt(max(np.linalg.eigvalsh(0.5 * (reduced + reduced.T)).max(), 0.0))
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def cross(a, b):
     return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
 
@@ -160,7 +165,7 @@ def cross(a, b):
 # ---- kinematics
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def rotation(theta):
     """Rot(theta) and J_l(theta) (rigid.rotation_and_left_jacobian)."""
     t2 = theta @ theta
@@ -179,43 +184,34 @@ def rotation(theta):
     return eye + a * K + b * K2, eye + b * K + c * K2
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def evaluate(mo, s):
     """What the terms need at s: Rot, J_l, g (r,), dg/dq (r, k), and the mass moments' Y[i, j] =
     sum m E[i] y[j] (3, 3, r)."""
     R, Jl = rotation(s[3:RIGID])
     net = mo.net
     u = net.T @ s[RIGID:] + net.offset
-    t = np.tanh(u @ net.A_T + net.b)
+    t = np.tanh(net.A @ u + net.b)
     g = net.L @ u + net.W @ (t - net.tanh_b)
-    d = 1 - t * t
-    r, k = net.L.shape
-    slope = net.L.copy()
-    for i in range(r):  # W diag(d) A, row by row: contiguous dot products over the hidden units
-        wd = net.W[i] * d
-        for c in range(k):
-            slope[i, c] += wd @ net.A_T[c]
+    slope = net.L + (net.W * (1 - t * t)) @ net.A
     return R, Jl, g, slope @ net.T, sums(mo.mass, g)
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def sums(mom, g):
     """Y[i, j] = sum w E[i] y[j] (3, 3, r) of moments at g."""
     r = g.shape[0]
     return mom.F + (mom.K.reshape(9 * r, r) @ g).reshape(3, 3, r)
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def second(mom, g, Y):
     """sum w y y^T (3, 3) of moments at g, Y = sums(mom, g)."""
-    S = np.empty((3, 3))
-    for j in range(3):
-        for l in range(3):
-            S[j, l] = mom.S0[j, l] + g @ mom.F[l, j] + g @ Y[j, l]
-    return S
+    r = g.shape[0]
+    return mom.S0 + (mom.F.reshape(9, r) @ g).reshape(3, 3).T + (Y.reshape(9, r) @ g).reshape(3, 3)
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def gram(mom, ev, Y):
     """sum w J_v^T J_v (n, n) from moments (Y = sums(mom, g)): for the masses, the metric G, whose blocks
     are M I, the inertia J_l^T R (tr S I - S) R^T J_l, the coupling J_l^T R H dg and dg^T (sum m E^T E) dg
@@ -247,27 +243,34 @@ def gram(mom, ev, Y):
     return G
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def decode(mo, a, E, coords, rates):
     """Every vertex's position and velocity (F, V, 3) at frames of s and s' (F, n), from its centred
-    position a (V, 3) and modes E (V, 3, r): x = c + R y, x' = c' + (J_l theta') x R y + R E dg q'."""
+    position a (V, 3) and modes E (V, 3, r): x = c + R y, x' = c' + (J_l theta') x R y + R E dg q'.
+    The modes' part of all frames at once, two matrix products (F, r) x (r, 3V): E is read twice, not
+    twice a frame. On a large mesh the decode is bound by memory: its output is 2 x F x V x 3 floats."""
     frames, V, r = coords.shape[0], a.shape[0], E.shape[2]
-    modes = E.reshape(V * 3, r)
+    g, rate = np.empty((frames, r)), np.empty((frames, r))
+    for f in range(frames):
+        ev = evaluate(mo, coords[f])
+        g[f], rate[f] = ev[2], ev[3] @ rates[f, RIGID:]
+    modes = E.reshape(V * 3, r).T.copy()
+    shapes, moving = (g @ modes).reshape(frames, V, 3), (rate @ modes).reshape(frames, V, 3)
     x, xdot = np.empty((frames, V, 3)), np.empty((frames, V, 3))
     for f in range(frames):
         s, v = coords[f], rates[f]
-        R, Jl, g, dg, _ = evaluate(mo, s)
-        turned = (a + (modes @ g).reshape(V, 3)) @ R.T
+        R, Jl = rotation(s[3:RIGID])
+        turned = (a + shapes[f]) @ R.T
         omega = Jl @ v[3:RIGID]
-        moving = (modes @ (dg @ v[RIGID:])).reshape(V, 3) @ R.T
+        deform = moving[f] @ R.T
         x[f] = s[:3] + turned
         for i in range(3):
-            j, l = (i + 1) % 3, (i + 2) % 3
-            xdot[f, :, i] = v[i] + omega[j] * turned[:, l] - omega[l] * turned[:, j] + moving[:, i]
+            j, k = (i + 1) % 3, (i + 2) % 3
+            xdot[f, :, i] = v[i] + omega[j] * turned[:, k] - omega[k] * turned[:, j] + deform[:, i]
     return x, xdot
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def pullback(mo, base_s, base, at_s, at):
     """sum_v m_v J_v(base)^T (x_v(at) - x_v(base)) (n,): J^T M of a displacement, from the moments."""
     Rb, Jlb, gb, dgb, Yb = base
@@ -276,23 +279,18 @@ def pullback(mo, base_s, base, at_s, at):
     mass = mo.mass
     out[:3] = mass.weight * (at_s[:3] - base_s[:3])
     Q = Rb.T @ Ra
-    P = np.empty((3, 3))  # sum m y_b y_a^T
-    for j in range(3):
-        for l in range(3):
-            P[j, l] = mass.S0[j, l] + ga @ mass.F[l, j] + gb @ Ya[j, l]
+    r = ga.shape[0]
+    # sum m y_b y_a^T (as second(), with one side at g_b)
+    P = mass.S0 + (mass.F.reshape(9, r) @ ga).reshape(3, 3).T + (Ya.reshape(9, r) @ gb).reshape(3, 3)
     PQ = P @ Q.T
     turn = np.array([PQ[1, 2] - PQ[2, 1], PQ[2, 0] - PQ[0, 2], PQ[0, 1] - PQ[1, 0]])
     out[3:RIGID] = Jlb.T @ (Rb @ turn)
-    deform = np.zeros(Ya.shape[2])
-    for i in range(3):
-        deform -= Yb[i, i]
-        for j in range(3):
-            deform += Q[i, j] * Ya[i, j]
+    deform = Q.reshape(9) @ Ya.reshape(9, r) - Yb[0, 0] - Yb[1, 1] - Yb[2, 2]
     out[RIGID:] = dgb.T @ deform
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def turned(ev, a, E):
     """R y (N, 3) of the vertices at y = a + E g about the centre, a (N, 3), E (N, 3, r)."""
     R, g = ev[0], ev[2]
@@ -300,7 +298,7 @@ def turned(ev, a, E):
     return (a + (E.reshape(N * 3, r) @ g).reshape(N, 3)) @ R.T
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def pull(ev, E, Ry, f):
     """sum_v J_v^T f_v (n,) of forces f (N, 3) at vertices with modes E and turned positions Ry, without
     forming J: the frame takes their sum and moment, q the modes' share, dg^T E^T R^T f."""
@@ -310,15 +308,15 @@ def pull(ev, E, Ry, f):
     out[:3] = f.sum(0)
     moment = np.zeros(3)
     for i in range(3):
-        j, l = (i + 1) % 3, (i + 2) % 3
-        moment[i] = (Ry[:, j] * f[:, l] - Ry[:, l] * f[:, j]).sum()
+        j, k = (i + 1) % 3, (i + 2) % 3
+        moment[i] = (Ry[:, j] * f[:, k] - Ry[:, k] * f[:, j]).sum()
     out[3:RIGID] = Jl.T @ moment
     body = np.ascontiguousarray(f @ R)  # R^T f_v
     out[RIGID:] = dg.T @ (E.reshape(E.shape[0] * 3, E.shape[2]).T @ body.reshape(body.size))
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def jacobians(ev, E, Ry):
     """J = dx/ds (N, 3, n) of vertices with modes E (N, 3, r) and turned positions Ry (N, 3)
     (rigid.floating_jacobian)."""
@@ -337,14 +335,14 @@ def jacobians(ev, E, Ry):
     return J
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def weighted_gram(J, w):
     """sum_v w_v J_v^T J_v (n, n) of J (N, 3, n) (mechanics.weighted_gram)."""
     rows = J.reshape(J.shape[0] * 3, J.shape[2])
     return (rows * np.repeat(w, 3)[:, None]).T @ rows
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def pinned(pins, s, ev, matrices):
     """sum w |x_v - p_v|^2 over the pinned vertices, half its gradient, sum w J_v^T (x_v - p_v) (n,), and
     (with `matrices`) sum w J_v^T J_v (n, n): the last two from their moments, O(r^2) however many are
@@ -354,10 +352,8 @@ def pinned(pins, s, ev, matrices):
     c = s[:3]
     Y = sums(mom, g)
     centre = R @ (mom.a + mom.E @ g)  # R sum w y
-    Yp = pins.a_target.copy()  # sum w y p^T
-    for i in range(3):
-        for j in range(3):
-            Yp[i, j] += g @ pins.E_target[i, j]
+    r = g.shape[0]
+    Yp = pins.a_target + (pins.E_target.reshape(9, r) @ g).reshape(3, 3)  # sum w y p^T
     RYp = R @ Yp
     stretch = c + turned(ev, pins.vertices.a, pins.vertices.E) - pins.targets
     energy = pins.vertices.weight @ (stretch * stretch).sum(1)
@@ -365,16 +361,14 @@ def pinned(pins, s, ev, matrices):
     grad[:3] = mom.weight * c + centre - pins.target
     held = np.array([RYp[1, 2] - RYp[2, 1], RYp[2, 0] - RYp[0, 2], RYp[0, 1] - RYp[1, 0]])
     grad[3:RIGID] = Jl.T @ (cross(centre, c) - held)
-    deform = mom.E.T @ (R.T @ c)  # sum w E^T R^T (c + R y - p)
-    for i in range(3):
-        deform += Y[i, i]
-        for j in range(3):
-            deform -= R[j, i] * pins.E_target[i, j]
+    # sum w E^T R^T (c + R y - p)
+    deform = mom.E.T @ (R.T @ c) + Y[0, 0] + Y[1, 1] + Y[2, 2]
+    deform -= np.ascontiguousarray(R.T).reshape(9) @ pins.E_target.reshape(9, r)
     grad[RIGID:] = dg.T @ deform
     return energy, grad, gram(mom, ev, Y) if matrices else np.zeros((0, 0))
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def springs(mo, prm, pins, ground, s, ev, matrices):
     """The stiff springs' energy S and gradient (n,) (mechanics.stiff_potential: wall, pins, ground);
     with `matrices`, also the contacts' and the pins' Gauss-Newton stiffness and the springs' damping
@@ -434,7 +428,7 @@ class Terms(NamedTuple):
     pins: np.ndarray
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def terms(mo, prm, pins, ground, loads, s, ev, t):
     """mechanics.terms_from_jacobian from the moments."""
     R, Jl, g, dg, Y = ev
@@ -469,14 +463,14 @@ class State(NamedTuple):
     bend: np.ndarray
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def init(mo, prm, pins, ground, loads, s, v, t, work):
     ev = evaluate(mo, s)
     tm = terms(mo, prm, pins, ground, loads, s, ev, t)
     return State(s, ev, tm, tm.G @ v, v, work, np.zeros_like(s))
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def mean_gradient(dq, G, S0, grad0, S1, grad1):
     """integrators.mean_gradient for one object."""
     trapezoid = 0.5 * (grad0 + grad1)
@@ -486,17 +480,22 @@ def mean_gradient(dq, G, S0, grad0, S1, grad1):
     return trapezoid + error / max(dq @ along, TINY) * along
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def residual(mo, prm, pins, ground, state, s, ev, target, dt):
     """integrators.Variational.solve's residual at s."""
     tm = state.tm
     dq = s - state.s
     S1, grad1, _, _, _ = springs(mo, prm, pins, ground, s, ev, False)
     mean = mean_gradient(dq, tm.G, tm.S, tm.grad_S, S1, grad1)
-    return pullback(mo, state.s, state.ev, s, ev) + 0.5 * dt * (tm.D @ dq) + 0.5 * dt * dt * (mean - tm.grad_S) - target
+    return (
+        pullback(mo, state.s, state.ev, s, ev)
+        + 0.5 * dt * (tm.D @ dq)
+        + 0.5 * dt * dt * (mean - tm.grad_S)
+        - target
+    )
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def step(mo, prm, pins, ground, loads, state, t, dt, max_iterations, tol):
     """integrators.Variational.step: the new state, a failure code and its value."""
     tm = state.tm
@@ -545,7 +544,7 @@ def step(mo, prm, pins, ground, loads, state, t, dt, max_iterations, tol):
     return State(s, ev, new_tm, p, v, work, s - linear), OK, 0.0
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def frame(mo, prm, pins, ground, loads, state, t0, steps, st):
     """simulator._frame: the state one output frame on, or the failure (code, step, time, value)."""
     dt = 1 / (st.fps * steps)
@@ -560,7 +559,7 @@ def frame(mo, prm, pins, ground, loads, state, t0, steps, st):
     return state, OK, steps, t0 + steps * dt, 0.0
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def energies(mo, prm, state):
     """Kinetic and potential energy (simulator.rollout's observe)."""
     q = state.s[RIGID:]
@@ -569,7 +568,7 @@ def energies(mo, prm, state):
     return kinetic, potential
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def steps_for(state, prm, st):
     """simulator.steps_per_frame at the state."""
     if not st.max_omega_dt:
@@ -585,14 +584,14 @@ def steps_for(state, prm, st):
     )
     limits = (st.max_omega_dt, st.max_omega_dt_contacts, st.max_omega_dt_pins)
     needed = 0.0
-    for w, limit in zip(omegas, limits):
-        if np.isinf(w):
+    for i in range(3):
+        if np.isinf(omegas[i]):
             return st.most
-        needed = max(needed, w / limit)
+        needed = max(needed, omegas[i] / limits[i])
     return min(max(st.steps, math.ceil(needed / st.fps)), st.most)
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def rechart(mo, prm, pins, ground, loads, state, t):
     """rigid.FloatingShape.rechart: |theta| > pi moved to the equivalent theta inside, the same motion."""
     theta = state.s[3:RIGID]
@@ -607,7 +606,7 @@ def rechart(mo, prm, pins, ground, loads, state, t):
     return init(mo, prm, pins, ground, loads, s, v, t, state.work)
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def run(mo, prm, pins, ground, loads, s0, v0, st):
     """simulator.rollout for one object: per frame (F + 1) s, s', kinetic and potential energy and work,
     the steps of each frame interval, and a failure (code, step, time, value, dt) where code != OK."""
@@ -634,7 +633,15 @@ def run(mo, prm, pins, ground, loads, s0, v0, st):
                 break
             if 2 * steps > st.most:
                 failure = (code, used[:f].sum() + at, t, value, 1 / (st.fps * steps))
-                return coords[: f + 1], rates[: f + 1], kinetic[: f + 1], potential[: f + 1], work[: f + 1], used[:f], failure
+                return (
+                    coords[: f + 1],
+                    rates[: f + 1],
+                    kinetic[: f + 1],
+                    potential[: f + 1],
+                    work[: f + 1],
+                    used[:f],
+                    failure,
+                )
             steps *= 2
         state = rechart(mo, prm, pins, ground, loads, new, (f + 1) / st.fps)
         used[f] = steps

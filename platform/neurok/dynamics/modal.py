@@ -54,7 +54,7 @@ class Network(NamedTuple):
     T: np.ndarray  # (k, k)
     offset: np.ndarray  # (k,)
     L: np.ndarray  # (r, k)
-    A_T: np.ndarray  # (k, h) A's transpose: the compiled loop reads its rows
+    A: np.ndarray  # (h, k)
     b: np.ndarray  # (h,)
     W: np.ndarray  # (r, h)
     tanh_b: np.ndarray  # (h,)
@@ -72,6 +72,15 @@ class Vertices(NamedTuple):
     E: np.ndarray  # (n, 3, r)
     weight: np.ndarray  # (n,) kg
     reach: np.ndarray  # (n,) |E_v|_F: |y_v - a_v| <= reach |g| (culls the far vertices)
+
+
+class Prepared(NamedTuple):
+    """What the compiled loop needs of an object, whatever the rollout: computed once per object."""
+
+    body: Body
+    a: np.ndarray  # (V, 3) centred rest positions
+    E: np.ndarray  # (V, 3, r) centred modes
+    m: np.ndarray  # (V,) masses
 
 
 class Pins(NamedTuple):
@@ -148,12 +157,18 @@ def body(shape: FloatingShape, a: np.ndarray, E: np.ndarray, m: np.ndarray) -> B
         reduction @ basis.T,
         (as_float64(shape.latent.mu_cond) - as_float64(context.mu_cond)) @ reduction.T,
         net.L,
-        net.A.T,
+        net.A,
         net.b,
         net.W,
         torch.tanh(net.b),
     )
     return Body(Network(*(as_float64(t) for t in arrays)), weighted(a, E, m))
+
+
+def prepare(shape: FloatingShape) -> Prepared:
+    """The body and the centred modes of `shape` (applies(shape) must hold): O(V r^2), once an object."""
+    a, E, m = centred(shape)
+    return Prepared(body(shape, a, E, m), a, E, m)
 
 
 def pinned(a: np.ndarray, E: np.ndarray, m: np.ndarray, forcing: Forcing) -> Pins:

@@ -14,14 +14,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch.func import jvp, vmap
-from torch.utils._pytree import tree_map
 
 from neurok.dynamics import compiled, modal
 from neurok.dynamics.config import Integrator, SimulatorConfig
-from neurok.dynamics.forces import Forcing
+from neurok.dynamics.forces import Forcing, PointForce
 from neurok.dynamics.integrators import RK4, NotConverged, Variational
 from neurok.dynamics.mechanics import Physics, System, matvec
-from neurok.dynamics.rigid import FloatingShape
+from neurok.dynamics.rigid import RIGID, FloatingShape
 from neurok.dynamics.shape import ReducedShape
 from neurok.errors import NeurokError
 
@@ -217,20 +216,41 @@ def compiled_applies(shape: ReducedShape | FloatingShape, cfg: SimulatorConfig) 
     return cfg.compiled and Integrator(cfg.integrator) == Integrator.variational and modal.applies(shape)
 
 
-def _compiled_rollout(
-    shape: FloatingShape,
-    q0: torch.Tensor,
-    qdot0: torch.Tensor,
-    cfg: SimulatorConfig,
-    forcing: Forcing,
+def _compiled_item(
+    parts: tuple[modal.Body, np.ndarray, np.ndarray, np.ndarray, modal.Vertices],
     physics: Physics,
-) -> Rollout:
-    """rollout() through dynamics.compiled, one batch item at a time."""
-    a, E, m = modal.centred(shape)
-    body = modal.body(shape, a, E, m)
-    plane = modal.every_vertex(*(t[: len(t) if physics.ground > -math.inf else 0] for t in (a, E, m)))
+    stepping: compiled.Stepping,
+    forcing: Forcing,
+    s0: np.ndarray,
+    v0: np.ndarray,
+) -> tuple:
+    """compiled.run for one rollout of a body; `parts` are the body, its centred a, E, m and the ground's
+    vertices, `forcing` the rollout's own (no batch axis)."""
+    body, a, E, m, plane = parts
+    params = compiled.Params(
+        float(physics.stiffness),
+        float(physics.damping),
+        modal.as_float64(physics.gravity),
+        float(physics.eps),
+        float(physics.pin_stiffness),
+        float(physics.pin_damping),
+        float(physics.ground),
+        float(physics.ground_stiffness),
+        float(physics.ground_damping),
+        float(physics.support),
+        float(physics.support_stiffness),
+        float(forcing.drag),
+        modal.as_float64(forcing.wind),
+    )
+    pins, loads = modal.pinned(a, E, m, forcing), modal.loads(a, E, forcing)
+    return compiled.run(
+        body, params, pins, plane, loads, modal.as_float64(s0), modal.as_float64(v0), stepping
+    )
+
+
+def _stepping(cfg: SimulatorConfig) -> compiled.Stepping:
     base = cfg.steps_per_frame()
-    stepping = compiled.Stepping(
+    return compiled.Stepping(
         float(cfg.fps),
         int(cfg.frames),
         base,
@@ -242,27 +262,26 @@ def _compiled_rollout(
         int(cfg.solver_iterations),
         float(cfg.solver_tol),
     )
+
+
+def _compiled_rollout(
+    shape: FloatingShape,
+    q0: torch.Tensor,
+    qdot0: torch.Tensor,
+    cfg: SimulatorConfig,
+    forcing: Forcing,
+    physics: Physics,
+    prepared: modal.Prepared,
+) -> Rollout:
+    """rollout() through dynamics.compiled, one batch item at a time."""
+    body, a, E, m = prepared
+    plane = modal.every_vertex(*(t[: len(t) if physics.ground > -math.inf else 0] for t in (a, E, m)))
+    stepping = _stepping(cfg)
     runs = []
     for b in range(q0.shape[0]):
-        item = tree_map(lambda t: t[b], forcing)
-        params = compiled.Params(
-            float(physics.stiffness),
-            float(physics.damping),
-            modal.as_float64(physics.gravity),
-            float(physics.eps),
-            float(physics.pin_stiffness),
-            float(physics.pin_damping),
-            float(physics.ground),
-            float(physics.ground_stiffness),
-            float(physics.ground_damping),
-            float(physics.support),
-            float(physics.support_stiffness),
-            float(item.drag),
-            modal.as_float64(item.wind),
-        )
-        s0, v0 = (modal.as_float64(t[b]) for t in (q0, qdot0))
-        *frames, used, (code, step, t, value, dt) = compiled.run(
-            body, params, modal.pinned(a, E, m, item), plane, modal.loads(a, E, item), s0, v0, stepping
+        item = Forcing(*(t[b] for t in forcing))
+        *frames, used, (code, step, t, value, dt) = _compiled_item(
+            (body, a, E, m, plane), physics, stepping, item, q0[b], qdot0[b]
         )
         if code != compiled.OK:
             raise _stop(int(step), t, failure(code, value, cfg), torch.tensor([b]), dt)
@@ -273,10 +292,29 @@ def _compiled_rollout(
         torch.from_numpy(t.reshape(*coords.shape[:2], *t.shape[1:])).to(q0)
         for t in compiled.decode(body, a, E, *flat)
     )
-    q, v, kinetic, potential, work = (torch.from_numpy(t).to(q0) for t in (coords, rates, kinetic, potential, work))
+    q, v, kinetic, potential, work = (
+        torch.from_numpy(t).to(q0) for t in (coords, rates, kinetic, potential, work)
+    )
     time = torch.arange(cfg.frames + 1, dtype=q0.dtype, device=q0.device) / cfg.fps
     steps = np.max([r[1] for r in runs], axis=0).tolist()  # of the batch item that needed the most
     return Rollout(time, q, v, vertices, velocities, kinetic, potential, work, steps, "compiled")
+
+
+def warm_up() -> None:
+    """Load (or on a fresh install, compile: about a minute) the compiled loop, with a one-frame rollout of
+    a two-vertex body, so that a timed rollout does not pay for it."""
+    a, E, m = np.array([[0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]]), np.zeros((2, 3, 1)), np.ones(2)
+    one = np.ones((1, 1))
+    net = modal.Network(one, np.zeros(1), one, one, np.zeros(1), one, np.zeros(1))
+    body = modal.Body(net, modal.weighted(a, E, m))
+    cfg = SimulatorConfig(frames=1)
+    physics = Physics(1.0, 0.0, torch.tensor([0.0, -9.81, 0.0], dtype=torch.float64), cfg.eps)
+    forcing = Forcing.build(2, [PointForce(torch.ones(2), [1.0, 0.0, 0.0])], dtype=torch.float64)
+    s0 = np.zeros(RIGID + 1)
+    run = _compiled_item(
+        (body, a, E, m, modal.every_vertex(a, E, m)), physics, _stepping(cfg), forcing, s0, s0
+    )
+    compiled.decode(body, a, E, run[0], run[1])
 
 
 def rollout(
@@ -286,6 +324,7 @@ def rollout(
     cfg: SimulatorConfig,
     forcing: Forcing | None = None,
     output: ReducedShape | FloatingShape | None = None,
+    prepared: modal.Prepared | None = None,
 ) -> Rollout:
     """Integrate from (q0, q0') (B, k) for cfg.frames output frames.
 
@@ -296,9 +335,10 @@ def rollout(
     force. Each frame is integrated in equal steps, cfg.dt or finer: with cfg.max_omega_dt set, fine
     enough for the fastest mode at the frame's start, and a frame whose step fails is retried with twice
     the steps, up to MAX_REFINEMENT times cfg's. One surrogate-decoded object on a floating frame runs
-    through dynamics.compiled (compiled_applies), the same integrator as one compiled loop. Raises NeurokError (step, time, quantity) when the state
-    stops being finite, the metric is not positive definite, the implicit step does not converge, or
-    energy is created beyond cfg.max_energy_error.
+    through dynamics.compiled (compiled_applies), the same integrator as one compiled loop, with the
+    object's moments from `prepared` (modal.prepare) when given. Raises NeurokError (step, time,
+    quantity) when the state stops being finite, the metric is not positive definite, the implicit step
+    does not converge, or energy is created beyond cfg.max_energy_error.
     """
     batch, dtype, device = q0.shape[0], q0.dtype, q0.device
     if forcing is None:
@@ -308,7 +348,7 @@ def rollout(
         start = System(shape, physics, forcing)
         physics = with_support(physics, cfg, start.metric(start.jacobian(q0)[1]))
     if output is None and compiled_applies(shape, cfg):
-        return _compiled_rollout(shape, q0, qdot0, cfg, forcing, physics)
+        return _compiled_rollout(shape, q0, qdot0, cfg, forcing, physics, prepared or modal.prepare(shape))
     system = System(shape, physics, forcing)
     integrators = {
         Integrator.variational: lambda: Variational(cfg.solver_iterations, cfg.solver_tol),

@@ -31,6 +31,7 @@ from neurok.dynamics import (
     checks,
     cubature,
     heavy_directions,
+    modal,
     region_near,
     rollout,
     solve_initial_state,
@@ -120,11 +121,12 @@ class Body:
     points: torch.Tensor | None  # (n,) the vertices `stepped` has, None for all of them
     sim: SimulatorConfig  # with the stiffness set for the shape
     decoder: dict  # how it was prepared: which decoder the steps evaluate, its fit, the cubature's
+    moments: modal.Prepared | None = None  # for the compiled loop (dynamics.compiled), once an object
 
     def run(self, q0: torch.Tensor, qdot0: torch.Tensor, sim: SimulatorConfig, forcing: Forcing) -> Rollout:
         """The rollout, stepped on the cubature when there is one, with every vertex at the frames."""
         if self.points is None:
-            return rollout(self.full, q0, qdot0, sim, forcing)
+            return rollout(self.full, q0, qdot0, sim, forcing, prepared=self.moments)
         return rollout(self.stepped, q0, qdot0, sim, forcing.on_vertices(self.points), output=self.full)
 
 
@@ -155,11 +157,12 @@ def simulated_body(
     record["deformation_dims"] = heavy.dims
     carried = FloatingShape if shape_cfg.rigid else (lambda s: s)
     full = carried(deformed)
-    record["path"] = "compiled" if compiled_applies(full, sim) else "torch"
     cfg = dynamics.cubature
+    if compiled_applies(full, sim):  # its steps sum every vertex's mass exactly, at no cost per vertex
+        return Body(full, full, None, sim, record | {"path": "compiled"}, modal.prepare(full))
+    record["path"] = "torch"
     if (
-        record["path"] == "compiled"  # its steps sum every vertex's mass exactly, at no cost per vertex
-        or record["decoder"] != "surrogate"
+        record["decoder"] != "surrogate"
         or not cfg.enabled
         or ground
         or shape.latent.num_vertices <= cfg.max_points
