@@ -1,8 +1,9 @@
 """The fast simulation path against the reference path and against MuJoCo, side by side in one run.
 
 Per object type (one test sequence each, its own conditions and horizon, as `neurok eval` rolls it out):
-latent frames/s with every step through the decoder at every vertex (reference) and through the
-object's surrogate on its cubature (fast), MuJoCo re-simulating the same sequence, the fast rollout's
+latent frames/s with every step through the decoder at every vertex (reference), through the object's
+surrogate on its cubature in torch (torch), and through the surrogate's moments in the compiled loop
+(fast, the default: dynamics.compiled), MuJoCo re-simulating the same sequence, the fast rollout's
 Chamfer-L1 from the reference one (as a share of the object's size) and its energy drift. Then the
 predict path (`neurok simulate`: a mesh under gravity) on spheres of about 1k, 10k and 100k vertices:
 preparation time and sustained output frames/s. One torch thread for every simulator.
@@ -34,14 +35,18 @@ from neurok.eval.evaluate import load_case, mujoco_frames_per_s, select_cases, s
 from neurok.eval.rollout_files import reduced_model_shape, simulated_body
 from neurok.train.checkpoint import load_model
 
+PATHS = ("reference", "torch", "fast")
 
-def paths(cfg, fast: bool):
-    """cfg with the surrogate and the cubature both on (fast) or both off (the reference)."""
+
+def paths(cfg, path: str):
+    """cfg for one of PATHS: the decoder at every vertex; the surrogate on a cubature, in torch; the
+    compiled loop."""
     d = cfg.dynamics
     dynamics = dataclasses.replace(
         d,
-        surrogate=dataclasses.replace(d.surrogate, enabled=fast),
-        cubature=dataclasses.replace(d.cubature, enabled=fast),
+        surrogate=dataclasses.replace(d.surrogate, enabled=path != "reference"),
+        cubature=dataclasses.replace(d.cubature, enabled=path != "reference"),
+        simulator=dataclasses.replace(d.simulator, compiled=path == "fast"),
     )
     return dataclasses.replace(cfg, dynamics=dynamics)
 
@@ -52,10 +57,7 @@ def object_rows(model, store: Store, cfg: EvalConfig) -> list[dict]:
         case = load_case(store, s, cfg, model.cfg)
         shape = reduced_model_shape(model, case.frames[0], case.faces, cfg.shape, cfg.dynamics, cfg.seed)
         sampler = metrics.SurfaceSampler(case.frames[0], case.faces, cfg.surface_samples)
-        runs = {
-            name: simulation(shape, case, sampler, paths(cfg, name == "fast"))
-            for name in ("reference", "fast")
-        }
+        runs = {name: simulation(shape, case, sampler, paths(cfg, name)) for name in PATHS}
         row = {"object": f"{case.object_type} ({case.name})", "vertices": int(case.frames.shape[1])}
         for name, (values, _, _) in runs.items():
             row[f"{name}_frames_per_s"] = values.get("latent_frames_per_s", float("nan"))
@@ -63,10 +65,9 @@ def object_rows(model, store: Store, cfg: EvalConfig) -> list[dict]:
             row[f"{name}_energy_drift"] = values.get("energy_drift", float("nan"))
         fast_values = runs["fast"][0]
         row["surrogate"] = fast_values.get("surrogate", 0.0)
-        row["cubature_points"] = fast_values.get("surrogate_cubature_points", float("nan"))
-        row["prepare_s"] = fast_values.get("surrogate_seconds", 0.0) + fast_values.get(
-            "surrogate_cubature_seconds", 0.0
-        )
+        row["compiled"] = fast_values.get("latent_compiled", 0.0)
+        row["torch_cubature_points"] = runs["torch"][0].get("surrogate_cubature_points", float("nan"))
+        row["prepare_s"] = fast_values.get("surrogate_seconds", 0.0)
         row["mujoco_frames_per_s"] = mujoco_frames_per_s(store, case) or float("nan")
         row["speedup"] = row["fast_frames_per_s"] / row["mujoco_frames_per_s"]
         reference, fast = runs["reference"][2], runs["fast"][2]
@@ -154,7 +155,7 @@ def main() -> None:
         "",
     ]
     if objects:
-        title = "## Per object type: reference path, fast path (surrogate + cubature), MuJoCo"
+        title = "## Per object type: reference, surrogate + cubature in torch, compiled loop (fast), MuJoCo"
         lines += [title, "", *table(objects)]
     if predict:
         lines += ["", "## Predict path (a sphere under gravity, 60 frames at 30 fps)", "", *table(predict)]
