@@ -7,6 +7,7 @@ over vertices or batch items.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -23,6 +24,8 @@ from neurok.dynamics.mechanics import Physics, System, matvec
 from neurok.dynamics.rigid import RIGID, FloatingShape
 from neurok.dynamics.shape import ReducedShape
 from neurok.errors import NeurokError
+
+log = logging.getLogger(__name__)
 
 
 def relative_energy_error(kinetic: torch.Tensor, potential: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
@@ -274,6 +277,7 @@ def _compiled_rollout(
     prepared: modal.Prepared,
 ) -> Rollout:
     """rollout() through dynamics.compiled, one batch item at a time."""
+    warm_up()
     body, a, E, m = prepared
     plane = modal.every_vertex(*(t[: len(t) if physics.ground > -math.inf else 0] for t in (a, E, m)))
     stepping = _stepping(cfg)
@@ -302,7 +306,11 @@ def _compiled_rollout(
 
 def warm_up() -> None:
     """Load (or on a fresh install, compile: about a minute) the compiled loop, with a one-frame rollout of
-    a two-vertex body, so that a timed rollout does not pay for it."""
+    a two-vertex body, so that a timed rollout does not pay for it; once a process, and said first, so
+    a first run on a new machine is not a silent minute."""
+    if compiled.run.signatures:
+        return
+    log.info("loading the compiled simulator loop (the first time on a machine it compiles: about a minute)")
     a, E, m = np.array([[0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]]), np.zeros((2, 3, 1)), np.ones(2)
     one = np.ones((1, 1))
     net = modal.Network(one, np.zeros(1), one, one, np.zeros(1), one, np.zeros(1))
