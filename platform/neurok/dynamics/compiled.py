@@ -303,8 +303,7 @@ def pull(ev, E, Ry, f):
     """sum_v J_v^T f_v (n,) of forces f (N, 3) at vertices with modes E and turned positions Ry, without
     forming J: the frame takes their sum and moment, q the modes' share, dg^T E^T R^T f."""
     R, Jl, dg = ev[0], ev[1], ev[3]
-    k = dg.shape[1]
-    out = np.zeros(RIGID + k)
+    out = np.zeros(RIGID + dg.shape[1])
     out[:3] = f.sum(0)
     moment = np.zeros(3)
     for i in range(3):
