@@ -76,12 +76,17 @@ def cholesky(A):
     n = A.shape[0]
     L = np.zeros_like(A)
     for j in range(n):
-        d = A[j, j] - L[j, :j] @ L[j, :j]
+        d = A[j, j]
+        for k in range(j):
+            d -= L[j, k] * L[j, k]
         if not d > 0:
             return L, False
         L[j, j] = math.sqrt(d)
         for i in range(j + 1, n):
-            L[i, j] = (A[i, j] - L[i, :j] @ L[j, :j]) / L[j, j]
+            e = A[i, j]
+            for k in range(j):
+                e -= L[i, k] * L[j, k]
+            L[i, j] = e / L[j, j]
     return L, True
 
 
@@ -130,7 +135,10 @@ def lu_solve(A, b):
     M = A.copy()
     x = b.copy()
     for j in range(n):
-        pivot = j + np.argmax(np.abs(M[j:, j]))
+        pivot = j
+        for i in range(j + 1, n):
+            if abs(M[i, j]) > abs(M[pivot, j]):
+                pivot = i
         if not M[pivot, j] != 0:  # noqa: SIM202 (a NaN pivot counts as zero)
             return x, False
         if pivot != j:
@@ -139,10 +147,13 @@ def lu_solve(A, b):
             x[j], x[pivot] = x[pivot], x[j]
         for i in range(j + 1, n):
             f = M[i, j] / M[j, j]
-            M[i, j:] -= f * M[j, j:]
+            for col in range(j, n):
+                M[i, col] -= f * M[j, col]
             x[i] -= f * x[j]
     for i in range(n - 1, -1, -1):
-        x[i] = (x[i] - M[i, i + 1 :] @ x[i + 1 :]) / M[i, i]
+        for j in range(i + 1, n):
+            x[i] -= M[i, j] * x[j]
+        x[i] /= M[i, i]
     return x, True
 
 
@@ -212,35 +223,44 @@ def second(mom, g, Y):
 
 
 @jit
-def gram(mom, ev, Y):
-    """sum w J_v^T J_v (n, n) from moments (Y = sums(mom, g)): for the masses, the metric G, whose blocks
-    are M I, the inertia J_l^T R (tr S I - S) R^T J_l, the coupling J_l^T R H dg and dg^T (sum m E^T E) dg
-    (the first moments vanish about the centre of mass); for the pins, their stiffness's shape."""
-    R, Jl, g, dg = ev[0], ev[1], ev[2], ev[3]
-    k = dg.shape[1]
+def assemble(weight, first, S, P, H, BB, ev):
+    """sum w J_v^T J_v (n, n) of a set of vertices from its sums in the body frame: weight = sum w,
+    first = sum w y, S = sum w y y^T, P = sum w E_v dg (3, k), H = sum w hat(y_v) E_v dg (3, k) and
+    BB = sum w dg^T E_v^T E_v dg (k, k). Its blocks: weight I; -hat(R first) J_l; R P; the inertia
+    J_l^T R (tr S I - S) R^T J_l; the coupling J_l^T R H; BB."""
+    R, Jl = ev[0], ev[1]
+    k = P.shape[1]
     n = RIGID + k
     G = np.zeros((n, n))
     for i in range(3):
-        G[i, i] = mom.weight
-    centre = R @ (mom.a + mom.E @ g)  # R sum w y
-    frame = np.zeros((3, 3))  # -hat(R sum w y) J_l: column i is J_l[:, i] x R sum w y
+        G[i, i] = weight
+    centre = R @ first
+    frame = np.zeros((3, 3))  # -hat(R first) J_l: column i is J_l[:, i] x R first
     for i in range(3):
         frame[:, i] = cross(Jl[:, i], centre)
     G[:3, 3:RIGID] = frame
     G[3:RIGID, :3] = frame.T
-    deform = R @ (mom.E @ dg)
+    deform = R @ P
     G[:3, RIGID:] = deform
     G[RIGID:, :3] = deform.T
-    S = second(mom, g, Y)
     RJ = R.T @ Jl
     G[3:RIGID, 3:RIGID] = RJ.T @ (np.trace(S) * np.eye(3) - S) @ RJ
-    H = np.empty((3, Y.shape[2]))  # sum w hat(y) E
-    H[0], H[1], H[2] = Y[2, 1] - Y[1, 2], Y[0, 2] - Y[2, 0], Y[1, 0] - Y[0, 1]
-    coupling = RJ.T @ (H @ dg)
+    coupling = RJ.T @ H
     G[3:RIGID, RIGID:] = coupling
     G[RIGID:, 3:RIGID] = coupling.T
-    G[RIGID:, RIGID:] = dg.T @ mom.KK @ dg
+    G[RIGID:, RIGID:] = BB
     return G
+
+
+@jit
+def gram(mom, ev, Y):
+    """sum w J_v^T J_v (n, n) from moments (Y = sums(mom, g)): for the masses the metric G (their first
+    moments vanish about the centre of mass), for the pins their stiffness's shape."""
+    g, dg = ev[2], ev[3]
+    H = np.empty((3, Y.shape[2]))  # sum w hat(y) E
+    H[0], H[1], H[2] = Y[2, 1] - Y[1, 2], Y[0, 2] - Y[2, 0], Y[1, 0] - Y[0, 1]
+    first = mom.a + mom.E @ g
+    return assemble(mom.weight, first, second(mom, g, Y), mom.E @ dg, H @ dg, dg.T @ mom.KK @ dg, ev)
 
 
 @jit
@@ -291,54 +311,107 @@ def pullback(mo, base_s, base, at_s, at):
 
 
 @jit
-def turned(ev, a, E):
-    """R y (N, 3) of the vertices at y = a + E g about the centre, a (N, 3), E (N, 3, r)."""
-    R, g = ev[0], ev[2]
-    N, r = a.shape[0], g.shape[0]
-    return (a + (E.reshape(N * 3, r) @ g).reshape(N, 3)) @ R.T
+def stretch(pins, c, R, g):
+    """sum w |c + R y_v - p_v|^2 over the pinned vertices, a vertex at a time: no temporaries."""
+    energy = 0.0
+    for v in range(pins.weight.shape[0]):
+        y0, y1, y2 = pins.a[v, 0], pins.a[v, 1], pins.a[v, 2]
+        for j in range(g.shape[0]):
+            y0 += pins.E[v, 0, j] * g[j]
+            y1 += pins.E[v, 1, j] * g[j]
+            y2 += pins.E[v, 2, j] * g[j]
+        total = 0.0
+        for i in range(3):
+            d = c[i] + R[i, 0] * y0 + R[i, 1] * y1 + R[i, 2] * y2 - pins.targets[v, i]
+            total += d * d
+        energy += pins.weight[v] * total
+    return energy
 
 
 @jit
-def pull(ev, E, Ry, f):
-    """sum_v J_v^T f_v (n,) of forces f (N, 3) at vertices with modes E and turned positions Ry, without
-    forming J: the frame takes their sum and moment, q the modes' share, dg^T E^T R^T f."""
-    R, Jl, dg = ev[0], ev[1], ev[3]
-    out = np.zeros(RIGID + dg.shape[1])
-    out[:3] = f.sum(0)
+def near_ground(ground, height, R, size, within):
+    """The vertices whose height above the ground may be below `within` (height: the centre's), culled
+    by |E_v g| <= reach_v |g| (size = |g|): first the whole object by its bounding sphere, then each."""
+    if height - ground.radius - ground.farthest * size >= within:
+        return np.empty(0, np.int64)
+    near = np.empty(ground.weight.shape[0], np.int64)
+    count = 0
+    for v in range(near.shape[0]):
+        turned_a = ground.a[v, 0] * R[1, 0] + ground.a[v, 1] * R[1, 1] + ground.a[v, 2] * R[1, 2]
+        if height + turned_a - ground.reach[v] * size < within:
+            near[count] = v
+            count += 1
+    return near[:count]
+
+
+@jit
+def ground_contact(ground, prm, s, ev, matrices):
+    """The ground's penalty energy and gradient (n,) and, with `matrices`, the shapes of its stiffness
+    and damping (n, n): sum m J^T J over the vertices within 0.1 of the plane (they touch it within a
+    frame) and over those below it (mechanics.stiffness_matrix, vertex_damping). A vertex at a time, its
+    sums in the body frame (assemble), over the vertices near_ground leaves."""
+    R, Jl, g, dg = ev[0], ev[1], ev[2], ev[3]
+    r, k = g.shape[0], dg.shape[1]
+    reach = 0.1 if matrices else 0.0
+    height0 = s[1] - prm.ground
+    energy = 0.0
+    grad = np.zeros(RIGID + k)
     moment = np.zeros(3)
-    for i in range(3):
-        j, k = (i + 1) % 3, (i + 2) % 3
-        moment[i] = (Ry[:, j] * f[:, k] - Ry[:, k] * f[:, j]).sum()
-    out[3:RIGID] = Jl.T @ moment
-    body = np.ascontiguousarray(f @ R)  # R^T f_v
-    out[RIGID:] = dg.T @ (E.reshape(E.shape[0] * 3, E.shape[2]).T @ body.reshape(body.size))
-    return out
-
-
-@jit
-def jacobians(ev, E, Ry):
-    """J = dx/ds (N, 3, n) of vertices with modes E (N, 3, r) and turned positions Ry (N, 3)
-    (rigid.floating_jacobian)."""
-    R, Jl, dg = ev[0], ev[1], ev[3]
-    N, r, k = E.shape[0], E.shape[2], dg.shape[1]
-    J = np.zeros((N, 3, RIGID + k))
-    for i in range(3):
-        J[:, i, i] = 1.0
-        axis = Jl[:, i]  # d(R y)/d theta_i = J_l[:, i] x (R y)
-        J[:, 0, 3 + i] = axis[1] * Ry[:, 2] - axis[2] * Ry[:, 1]
-        J[:, 1, 3 + i] = axis[2] * Ry[:, 0] - axis[0] * Ry[:, 2]
-        J[:, 2, 3 + i] = axis[0] * Ry[:, 1] - axis[1] * Ry[:, 0]
-    along = (E.reshape(N * 3, r) @ dg).reshape(N, 3, k)
-    for i in range(3):
-        J[:, i, RIGID:] = R[i, 0] * along[:, 0] + R[i, 1] * along[:, 1] + R[i, 2] * along[:, 2]
-    return J
-
-
-@jit
-def weighted_gram(J, w):
-    """sum_v w_v J_v^T J_v (n, n) of J (N, 3, n) (mechanics.weighted_gram)."""
-    rows = J.reshape(J.shape[0] * 3, J.shape[2])
-    return (rows * np.repeat(w, 3)[:, None]).T @ rows
+    along = np.zeros(r)  # sum E_v^T R^T f_v
+    # the sums of the vertices within reach above the plane [0] and below it [1]
+    weight, first, S = np.zeros(2), np.zeros((2, 3)), np.zeros((2, 3, 3))
+    P, H, BB = np.zeros((2, 3, k)), np.zeros((2, 3, k)), np.zeros((2, k, k))
+    y, B = np.empty(3), np.empty((3, k))
+    for v in near_ground(ground, height0, R, math.sqrt(g @ g), reach):
+        for i in range(3):
+            acc = ground.a[v, i]
+            for j in range(r):
+                acc += ground.E[v, i, j] * g[j]
+            y[i] = acc
+        height = height0 + R[1, 0] * y[0] + R[1, 1] * y[1] + R[1, 2] * y[2]
+        if not height < reach:
+            continue
+        m = ground.weight[v]
+        below = height < 0
+        if below:  # f_v = (0, kappa m height, 0)
+            push = prm.ground_stiffness * m * height
+            energy += 0.5 * push * height
+            grad[1] += push
+            moment[0] -= (R[2, 0] * y[0] + R[2, 1] * y[1] + R[2, 2] * y[2]) * push
+            moment[2] += (R[0, 0] * y[0] + R[0, 1] * y[1] + R[0, 2] * y[2]) * push
+            for i in range(3):
+                for j in range(r):
+                    along[j] += push * R[1, i] * ground.E[v, i, j]
+        if not matrices:
+            continue
+        for i in range(3):
+            for j in range(k):
+                acc = 0.0
+                for mode in range(r):
+                    acc += ground.E[v, i, mode] * dg[mode, j]
+                B[i, j] = acc
+        c = 1 if below else 0
+        weight[c] += m
+        for i in range(3):
+            first[c, i] += m * y[i]
+            for j in range(3):
+                S[c, i, j] += m * y[i] * y[j]
+        for j in range(k):
+            P[c, 0, j] += m * B[0, j]
+            P[c, 1, j] += m * B[1, j]
+            P[c, 2, j] += m * B[2, j]
+            H[c, 0, j] += m * (y[1] * B[2, j] - y[2] * B[1, j])
+            H[c, 1, j] += m * (y[2] * B[0, j] - y[0] * B[2, j])
+            H[c, 2, j] += m * (y[0] * B[1, j] - y[1] * B[0, j])
+            for i in range(k):
+                BB[c, i, j] += m * (B[0, i] * B[0, j] + B[1, i] * B[1, j] + B[2, i] * B[2, j])
+    grad[3:RIGID] = Jl.T @ moment
+    grad[RIGID:] = dg.T @ along
+    if not matrices:
+        return energy, grad, np.zeros((0, 0)), np.zeros((0, 0))
+    under = assemble(weight[1], first[1], S[1], P[1], H[1], BB[1], ev)
+    touching = under + assemble(weight[0], first[0], S[0], P[0], H[0], BB[0], ev)
+    return energy, grad, touching, under
 
 
 @jit
@@ -354,8 +427,7 @@ def pinned(pins, s, ev, matrices):
     r = g.shape[0]
     Yp = pins.a_target + (pins.E_target.reshape(9, r) @ g).reshape(3, 3)  # sum w y p^T
     RYp = R @ Yp
-    stretch = c + turned(ev, pins.vertices.a, pins.vertices.E) - pins.targets
-    energy = pins.vertices.weight @ (stretch * stretch).sum(1)
+    energy = stretch(pins, c, R, g)
     grad = np.zeros(s.shape[0])
     grad[:3] = mom.weight * c + centre - pins.target
     held = np.array([RYp[1, 2] - RYp[2, 1], RYp[2, 0] - RYp[0, 2], RYp[0, 1] - RYp[1, 0]])
@@ -371,9 +443,7 @@ def pinned(pins, s, ev, matrices):
 def springs(mo, prm, pins, ground, s, ev, matrices):
     """The stiff springs' energy S and gradient (n,) (mechanics.stiff_potential: wall, pins, ground);
     with `matrices`, also the contacts' and the pins' Gauss-Newton stiffness and the springs' damping
-    (mechanics.stiffness_matrix, vertex_damping), each (n, n). The ground acts on the vertices within
-    0.1 of it (for the matrices) or below it: the others are culled by a bound, |E_v g| <= |E_v| |g|."""
-    R, g = ev[0], ev[2]
+    (mechanics.stiffness_matrix, vertex_damping), each (n, n)."""
     n = s.shape[0]
     q = s[RIGID:]
     norm = math.sqrt(q @ q)
@@ -393,23 +463,12 @@ def springs(mo, prm, pins, ground, s, ev, matrices):
             held += prm.pin_stiffness * gram_pins
             damping += prm.pin_damping * gram_pins
     if np.isfinite(prm.ground) and ground.weight.shape[0]:
-        reach = 0.1 if matrices else 0.0
-        lowest = s[1] - prm.ground + ground.a @ R[1] - ground.reach * math.sqrt(g @ g)
-        near = np.nonzero(lowest < reach)[0]
-        if near.size:
-            E = ground.E[near]
-            Ry = turned(ev, ground.a[near], E)
-            height = s[1] + Ry[:, 1] - prm.ground
-            depth = np.minimum(height, 0.0)
-            m = ground.weight[near] * (height < reach)
-            push = np.zeros((near.size, 3))
-            push[:, 1] = prm.ground_stiffness * m * depth
-            energy += 0.5 * prm.ground_stiffness * (m * depth * depth).sum()
-            grad += pull(ev, E, Ry, push)
-            if matrices:
-                J = jacobians(ev, E, Ry)
-                contacts += prm.ground_stiffness * weighted_gram(J, m)
-                damping += prm.ground_damping * weighted_gram(J, m * (depth < 0))
+        e, f, touching, under = ground_contact(ground, prm, s, ev, matrices)
+        energy += e
+        grad += f
+        if matrices:
+            contacts += prm.ground_stiffness * touching
+            damping += prm.ground_damping * under
     return energy, grad, contacts, held, damping
 
 

@@ -66,12 +66,15 @@ class Body(NamedTuple):
 
 
 class Vertices(NamedTuple):
-    """Vertices a term acts on one by one (a ground plane's contact): y_v = a_v + E_v g (float64)."""
+    """The vertices a ground plane's contact acts on one by one: y_v = a_v + E_v g (float64), with the
+    bounds that cull the far ones: |y_v| <= |a_v| + reach_v |g| <= radius + farthest |g|."""
 
     a: np.ndarray  # (n, 3)
     E: np.ndarray  # (n, 3, r)
     weight: np.ndarray  # (n,) kg
-    reach: np.ndarray  # (n,) |E_v|_F: |y_v - a_v| <= reach |g| (culls the far vertices)
+    reach: np.ndarray  # (n,) |E_v|_F
+    radius: float  # max |a_v|
+    farthest: float  # max reach_v
 
 
 class Prepared(NamedTuple):
@@ -90,7 +93,9 @@ class Pins(NamedTuple):
     size squared, whose round-off the step's discrete gradient turned into force: 7e-5 of the kinetic
     energy of a pinned toy)."""
 
-    vertices: Vertices
+    a: np.ndarray  # (N, 3)
+    E: np.ndarray  # (N, 3, r)
+    weight: np.ndarray  # (N,)
     targets: np.ndarray  # (N, 3) p_v
     moments: Moments
     target: np.ndarray  # (3,) sum w p
@@ -181,8 +186,7 @@ def pinned(a: np.ndarray, E: np.ndarray, m: np.ndarray, forcing: Forcing) -> Pin
     arrays = (w @ p, (w[:, None] * a).T @ p, np.einsum("vir,vj->ijr", w[:, None, None] * E, p))
     target, a_target, E_target = (as_float64(t) for t in arrays)
     return Pins(
-        Vertices(*(as_float64(t) for t in (a, E, w, _reach(E)))),
-        as_float64(p),
+        *(as_float64(t) for t in (a, E, w, p)),
         weighted(a, E, w),
         target,
         a_target,
@@ -192,11 +196,9 @@ def pinned(a: np.ndarray, E: np.ndarray, m: np.ndarray, forcing: Forcing) -> Pin
 
 def every_vertex(a: np.ndarray, E: np.ndarray, m: np.ndarray) -> Vertices:
     """All vertices with their masses: a ground plane's contact acts at each."""
-    return Vertices(*(as_float64(t) for t in (a, E, m, _reach(E))))
-
-
-def _reach(E: np.ndarray) -> np.ndarray:
-    return np.sqrt((E**2).sum(axis=(1, 2)))
+    reach = np.sqrt((E**2).sum(axis=(1, 2)))
+    radius = float(np.sqrt((a**2).sum(1)).max(initial=0.0))
+    return Vertices(*(as_float64(t) for t in (a, E, m, reach)), radius, float(reach.max(initial=0.0)))
 
 
 def loads(a: np.ndarray, E: np.ndarray, forcing: Forcing) -> Loads:
