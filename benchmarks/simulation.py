@@ -6,7 +6,7 @@ surrogate on its cubature in torch (torch), and through the surrogate's moments 
 (fast, the default: dynamics.compiled), MuJoCo re-simulating the same sequence, the fast rollout's
 Chamfer-L1 from the reference one (as a share of the object's size) and its energy drift. Then the
 predict path (`neurok simulate`: a mesh under gravity) on spheres of about 1k, 10k and 100k vertices:
-preparation time and sustained output frames/s. One torch thread for every simulator.
+preparation time and sustained output frames/s. One thread (torch and BLAS) for every simulator.
 
 usage: .venv/bin/python benchmarks/simulation.py --model CKPT [--data STORE] [--sizes 1000,10000,100000]
 Writes benchmarks/results/simulation.json and simulation.md.
@@ -33,6 +33,7 @@ from neurok.eval import metrics
 from neurok.eval.config import EvalConfig, SimulateConfig
 from neurok.eval.evaluate import load_case, mujoco_frames_per_s, select_cases, simulation
 from neurok.eval.rollout_files import reduced_model_shape, simulated_body
+from neurok.threads import limit_threads
 from neurok.train.checkpoint import load_model
 
 PATHS = ("reference", "torch", "fast")
@@ -139,8 +140,7 @@ def main() -> None:
         help="EvalConfig key=value (the dynamics.* and shape.* ones reach the predict path)",
     )
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    limit_threads(1)
     cfg = load_config(EvalConfig, "pipelines/eval.yaml", ["objects=1", "heldout=false", *args.overrides])
     model = load_model(args.model)
     cores = f"{os.cpu_count()} cores"

@@ -157,3 +157,17 @@ def test_compiled_failure_names_the_step_and_the_limit(body):
         messages.append(str(info.value))
     assert "simulator.max_energy_error = 1e-12" in messages[1] and "batch item(s) [0]" in messages[1]
     assert messages[0].split(": the")[0] == messages[1].split(": the")[0]  # the same step and time
+
+
+def test_limit_threads_reaches_torch_and_every_blas():
+    """The compiled loop's products go through scipy's OpenBLAS: a thread limit must reach it too."""
+    import threadpoolctl
+
+    from neurok.threads import limit_threads
+
+    for n in (2, 1):
+        limit_threads(n)
+        pools = threadpoolctl.threadpool_info()
+        assert torch.get_num_threads() == n
+        assert any("scipy" in p["filepath"] for p in pools if p["user_api"] == "blas")
+        assert {p["num_threads"] for p in pools if p["user_api"] == "blas"} == {n}

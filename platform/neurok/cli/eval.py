@@ -28,7 +28,6 @@ def register(groups: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
-    import torch
     from mlflow.tracking import MlflowClient
 
     from neurok.config import config_path, load_config
@@ -36,12 +35,13 @@ def run(args: argparse.Namespace) -> int:
     from neurok.eval.config import EvalConfig
     from neurok.eval.evaluate import evaluate
     from neurok.eval.report import log_to_mlflow, table_rows, write_report
+    from neurok.threads import limit_threads
     from neurok.track.registry import model_files
     from neurok.train.checkpoint import load_model, training_run
 
     cfg = load_config(EvalConfig, config_path(args.config, "eval"), [*args.overrides, f"data={args.data}"])
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        limit_threads(cfg.threads)
     with tempfile.TemporaryDirectory() as tmp:  # where a models:/ URI is downloaded
         checkpoint = model_files(args.model, tmp)[0]
         model, trained_by = load_model(checkpoint), training_run(checkpoint)

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from neurok.eval.config import SimulateConfig
     from neurok.eval.meshes import load_mesh
     from neurok.eval.rollout_files import conditions_from_cli, simulate_mesh, write_rollout
+    from neurok.threads import limit_threads
     from neurok.track.registry import model_files
     from neurok.train.checkpoint import load_model
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     conditions = conditions_from_cli(args.poke, args.gravity, args.velocity, args.spin, args.pin, args.ground)
     vertices, faces = load_mesh(args.mesh, cfg.max_vertices)
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        limit_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     result = simulate_mesh(
         model, vertices, faces, conditions, cfg.shape, cfg.dynamics, cfg.poke_radius, cfg.seed

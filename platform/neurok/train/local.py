@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from neurok.threads import limit_threads
 from neurok.track import log_checkpoints, open_run, tracking_uri
 from neurok.train.checkpoint import read_checkpoint
 from neurok.train.config import TrainConfig
@@ -50,7 +50,7 @@ class SaveLastOnTrainEnd(pl.Callback):
 
 def train(cfg: TrainConfig, callbacks: list[pl.Callback] | None = None) -> TrainResult:
     if cfg.trainer.threads > 0:
-        torch.set_num_threads(cfg.trainer.threads)
+        limit_threads(cfg.trainer.threads)
     open_store(cfg.data.store)  # a missing store fails before an MLflow run is opened
     resumed = read_checkpoint(cfg.resume) if cfg.resume else None
     run_name = cfg.run_name or f"{Path(cfg.preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -27,7 +27,6 @@ import fsspec
 import lightning.pytorch as pl
 import ray
 import ray.train
-import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -36,6 +35,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from neurok.config import to_dict, to_yaml
 from neurok.errors import ConfigError, NeurokError
+from neurok.threads import limit_threads
 from neurok.track import log_checkpoints, open_run, tracking_uri
 from neurok.train.config import TrainConfig
 from neurok.train.local import TrainResult
@@ -159,7 +159,7 @@ class RankRecord(pl.Callback):
 def train_worker(config: dict) -> None:
     """One Ray Train worker: one DDP rank of the same Lightning fit the local launcher runs."""
     cfg: TrainConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), config["cfg"]))
-    torch.set_num_threads(cfg.trainer.threads or max(1, int(cfg.ray.cpus_per_worker)))
+    limit_threads(cfg.trainer.threads or max(1, int(cfg.ray.cpus_per_worker)))
     checkpoint = ray.train.get_checkpoint()
     resumed = config["resumed"] or checkpoint is not None
     parts = fit_parts(cfg, config["uri"], config["run_id"], resumed=resumed)
