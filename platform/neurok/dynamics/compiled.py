@@ -280,30 +280,33 @@ def gram(mom, ev, Y):
 
 
 @jit
-def decode(mo, a, E, coords, rates):
-    """Every vertex's position and velocity (F, V, 3) at frames of s and s' (F, n), from its centred
-    position a (V, 3) and modes E (V, 3, r): x = c + R y, x' = c' + (J_l theta') x R y + R E dg q'.
-    The modes' part of all frames at once, two matrix products (F, r) x (r, 3V): E is read twice, not
-    twice a frame. On a large mesh the decode is bound by memory: its output is 2 x F x V x 3 floats."""
+def decode(mo, a, E, coords, rates, x, xdot):
+    """Every vertex's position and velocity into x, xdot (F, V, 3), of any float type, at frames of s and
+    s' (F, n), from its centred position a (V, 3) and modes E (V, 3, r): x = c + R y,
+    x' = c' + (J_l theta') x R y + R E dg q'. The modes' part of all frames at once, two matrix products
+    (F, r) x (r, 3V) that read E once (not once a frame), then the frame's motion a vertex at a time: on
+    a large mesh the decode is bound by memory, and this writes each output number once."""
     frames, V, r = coords.shape[0], a.shape[0], E.shape[2]
     g, rate = np.empty((frames, r)), np.empty((frames, r))
     for f in range(frames):
         ev = evaluate(mo, coords[f])
         g[f], rate[f] = ev[2], ev[3] @ rates[f, RIGID:]
-    modes = E.reshape(V * 3, r).T.copy()
+    modes = E.reshape(V * 3, r).T
     shapes, moving = (g @ modes).reshape(frames, V, 3), (rate @ modes).reshape(frames, V, 3)
-    x, xdot = np.empty((frames, V, 3)), np.empty((frames, V, 3))
     for f in range(frames):
         s, v = coords[f], rates[f]
         R, Jl = rotation(s[3:RIGID])
-        turned = (a + shapes[f]) @ R.T
-        omega = Jl @ v[3:RIGID]
-        deform = moving[f] @ R.T
-        x[f] = s[:3] + turned
-        for i in range(3):
-            j, k = (i + 1) % 3, (i + 2) % 3
-            xdot[f, :, i] = v[i] + omega[j] * turned[:, k] - omega[k] * turned[:, j] + deform[:, i]
-    return x, xdot
+        w = Jl @ v[3:RIGID]
+        for p in range(V):
+            y0, y1, y2 = a[p, 0] + shapes[f, p, 0], a[p, 1] + shapes[f, p, 1], a[p, 2] + shapes[f, p, 2]
+            d0, d1, d2 = moving[f, p, 0], moving[f, p, 1], moving[f, p, 2]
+            t0 = R[0, 0] * y0 + R[0, 1] * y1 + R[0, 2] * y2  # R y
+            t1 = R[1, 0] * y0 + R[1, 1] * y1 + R[1, 2] * y2
+            t2 = R[2, 0] * y0 + R[2, 1] * y1 + R[2, 2] * y2
+            x[f, p, 0], x[f, p, 1], x[f, p, 2] = s[0] + t0, s[1] + t1, s[2] + t2
+            xdot[f, p, 0] = v[0] + w[1] * t2 - w[2] * t1 + R[0, 0] * d0 + R[0, 1] * d1 + R[0, 2] * d2
+            xdot[f, p, 1] = v[1] + w[2] * t0 - w[0] * t2 + R[1, 0] * d0 + R[1, 1] * d1 + R[1, 2] * d2
+            xdot[f, p, 2] = v[2] + w[0] * t1 - w[1] * t0 + R[2, 0] * d0 + R[2, 1] * d1 + R[2, 2] * d2
 
 
 @jit

@@ -277,9 +277,13 @@ def _compiled_rollout(
     physics: Physics,
     prepared: modal.Prepared,
 ) -> Rollout:
-    """rollout() through dynamics.compiled, one batch item at a time."""
+    """rollout() through dynamics.compiled, one batch item at a time; `physics` without the support
+    wall, whose stiffness comes from the metric at q0, here from the moments."""
     warm_up()
     body, a, E, m = prepared
+    starts = [compiled.evaluate(body, modal.as_float64(s)) for s in q0]
+    metric = np.stack([compiled.gram(body.mass, ev, ev[4]) for ev in starts])  # O(r^2), not O(V)
+    physics = with_support(physics, cfg, torch.from_numpy(metric))
     plane = modal.every_vertex(*(t[: len(t) if physics.ground > -math.inf else 0] for t in (a, E, m)))
     stepping = _stepping(cfg)
     runs = []
@@ -292,11 +296,11 @@ def _compiled_rollout(
             raise _stop(int(step), t, failure(code, value, cfg), torch.tensor([b]), dt)
         runs.append((frames, used))
     coords, rates, kinetic, potential, work = (np.stack([r[0][i] for r in runs]) for i in range(5))
+    # decoded straight into the rollout's dtype: no float64 copy of every vertex of every frame
+    vertices, velocities = torch.empty(2, *coords.shape[:2], len(a), 3, dtype=q0.dtype)
     flat = (t.reshape(-1, t.shape[-1]) for t in (coords, rates))
-    vertices, velocities = (
-        torch.from_numpy(t.reshape(*coords.shape[:2], *t.shape[1:])).to(q0)
-        for t in compiled.decode(body, a, E, *flat)
-    )
+    compiled.decode(body, a, E, *flat, *(t.flatten(0, 1).numpy() for t in (vertices, velocities)))
+    vertices, velocities = vertices.to(q0.device), velocities.to(q0.device)
     q, v, kinetic, potential, work = (
         torch.from_numpy(t).to(q0) for t in (coords, rates, kinetic, potential, work)
     )
@@ -323,7 +327,8 @@ def warm_up() -> None:
     run = _compiled_item(
         (body, a, E, m, modal.every_vertex(a, E, m)), physics, _stepping(cfg), forcing, s0, s0
     )
-    compiled.decode(body, a, E, run[0], run[1])
+    for dtype in (np.float64, np.float32):  # the rollouts' two dtypes
+        compiled.decode(body, a, E, run[0], run[1], *np.empty((2, len(run[0]), len(a), 3), dtype))
 
 
 def rollout(
@@ -353,11 +358,11 @@ def rollout(
     if forcing is None:
         forcing = Forcing.stack([Forcing.build(shape.latent.num_vertices, dtype=dtype)] * batch)
     physics, forcing = physics_of(shape, cfg, dtype, device), forcing.to(device)
+    if output is None and compiled_applies(shape, cfg):
+        return _compiled_rollout(shape, q0, qdot0, cfg, forcing, physics, prepared or modal.prepare(shape))
     with torch.no_grad():
         start = System(shape, physics, forcing)
         physics = with_support(physics, cfg, start.metric(start.jacobian(q0)[1]))
-    if output is None and compiled_applies(shape, cfg):
-        return _compiled_rollout(shape, q0, qdot0, cfg, forcing, physics, prepared or modal.prepare(shape))
     system = System(shape, physics, forcing)
     integrators = {
         Integrator.variational: lambda: Variational(cfg.solver_iterations, cfg.solver_tol),
