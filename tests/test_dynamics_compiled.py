@@ -94,13 +94,25 @@ def forcings(body: FloatingShape) -> dict[str, tuple[Forcing, dict, torch.Tensor
             {"gravity": GRAVITY, "ground": float(rest[:, 1].min()) - 0.1},
             still,
         ),
+        "dropped from a height": (  # culled whole while it falls, then vertex by vertex
+            Forcing.build(V, dtype=F64),
+            {"gravity": GRAVITY, "ground": float(rest[:, 1].min()) - 0.4},
+            still,
+        ),
         "spinning": (Forcing.build(V, dtype=F64), {}, spin),
     }
 
 
 @pytest.mark.parametrize(
     "case",
-    ["poke under gravity", "wind, drag and damping", "pinned, poked", "dropped on a ground", "spinning"],
+    [
+        "poke under gravity",
+        "wind, drag and damping",
+        "pinned, poked",
+        "dropped on a ground",
+        "dropped from a height",
+        "spinning",
+    ],
 )
 def test_compiled_rollout_is_the_torch_rollout(body, case):
     forcing, physics, v0 = forcings(body)[case]

@@ -268,6 +268,12 @@ def _stepping(cfg: SimulatorConfig) -> compiled.Stepping:
     )
 
 
+def _start_metric(body: modal.Body, q0: torch.Tensor) -> np.ndarray:
+    """The metric (B, n, n) at each rollout's start, from the moments: O(r^2), not O(V)."""
+    starts = (compiled.evaluate(body, modal.as_float64(s)) for s in q0)
+    return np.stack([compiled.gram(body.mass, ev, ev[4]) for ev in starts])
+
+
 def _compiled_rollout(
     shape: FloatingShape,
     q0: torch.Tensor,
@@ -281,9 +287,7 @@ def _compiled_rollout(
     wall, whose stiffness comes from the metric at q0, here from the moments."""
     warm_up()
     body, a, E, m = prepared
-    starts = [compiled.evaluate(body, modal.as_float64(s)) for s in q0]
-    metric = np.stack([compiled.gram(body.mass, ev, ev[4]) for ev in starts])  # O(r^2), not O(V)
-    physics = with_support(physics, cfg, torch.from_numpy(metric))
+    physics = with_support(physics, cfg, torch.from_numpy(_start_metric(body, q0)))
     plane = modal.every_vertex(*(t[: len(t) if physics.ground > -math.inf else 0] for t in (a, E, m)))
     stepping = _stepping(cfg)
     runs = []
@@ -327,6 +331,7 @@ def warm_up() -> None:
     run = _compiled_item(
         (body, a, E, m, modal.every_vertex(a, E, m)), physics, _stepping(cfg), forcing, s0, s0
     )
+    _start_metric(body, torch.from_numpy(s0[None]))
     for dtype in (np.float64, np.float32):  # the rollouts' two dtypes
         compiled.decode(body, a, E, run[0], run[1], *np.empty((2, len(run[0]), len(a), 3), dtype))
 
