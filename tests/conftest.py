@@ -1,6 +1,13 @@
-"""Shared fixtures: small synthetic sequences and stores (no physics engine needed)."""
+"""Shared fixtures: small synthetic sequences and stores (no physics engine needed), and the clean-up of
+what killed processes leave in the temp folder."""
 
 from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,3 +60,39 @@ def small_store(tmp_path):
         for shard, block in enumerate([seqs[0:2], seqs[2:4], seqs[4:5]]):
             writer.write_shard(shard, block)
     return path, seqs
+
+
+def live_unix_sockets() -> set[str] | None:
+    """The paths of the unix sockets some process holds (Linux's /proc/net/unix); None where unknown."""
+    try:
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    return {fields[-1] for fields in map(str.split, lines) if len(fields) == 8}
+
+
+def stale_multiprocessing_folders(keep: set[str]) -> list[Path]:
+    """This user's /tmp/pymp-* folders, other than `keep` and this process's own, whose sockets no
+    process holds: a forkserver's, left by a process killed before multiprocessing's exit clean-up
+    could run (the fault tests' SIGKILLed trainers, Ray's workers)."""
+    live = live_unix_sockets()
+    if live is None:
+        return []
+    own = multiprocessing.process.current_process()._config.get("tempdir")
+    stale = []
+    for folder in Path(tempfile.gettempdir()).glob("pymp-*"):
+        if str(folder) in keep or str(folder) == own or folder.stat().st_uid != os.getuid():
+            continue
+        sockets = [str(f) for f in folder.iterdir()]
+        if sockets and not live.intersection(sockets):
+            stale.append(folder)
+    return stale
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_multiprocessing_debris():
+    """A test run leaves no /tmp/pymp-* folder behind (those there before it are not ours to judge)."""
+    before = {str(p) for p in Path(tempfile.gettempdir()).glob("pymp-*")}
+    yield
+    for folder in stale_multiprocessing_folders(before):
+        shutil.rmtree(folder, ignore_errors=True)
