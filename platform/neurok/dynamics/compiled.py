@@ -102,6 +102,18 @@ def lower_solve(L, B):
 
 
 @jit
+def upper_solve(U, b):
+    """U^-1 b for upper-triangular U and b (n,)."""
+    x = b.copy()
+    n = U.shape[0]
+    for i in range(n - 1, -1, -1):
+        for j in range(i + 1, n):
+            x[i] -= U[i, j] * x[j]
+        x[i] /= U[i, i]
+    return x
+
+
+@jit
 def regularised(G, eps):
     """mechanics.regularised."""
     n = G.shape[0]
@@ -118,14 +130,7 @@ def solve_metric(G, b, eps):
     L, ok = cholesky(regularised(G, eps))
     if not ok:
         return np.zeros_like(b), False
-    y = lower_solve(L, b)
-    x = y.copy()
-    n = L.shape[0]
-    for i in range(n - 1, -1, -1):
-        for j in range(i + 1, n):
-            x[i] -= L[j, i] * x[j]
-        x[i] /= L[i, i]
-    return x, True
+    return upper_solve(L.T, lower_solve(L, b)), True
 
 
 @jit
@@ -150,11 +155,7 @@ def lu_solve(A, b):
             for col in range(j, n):
                 M[i, col] -= f * M[j, col]
             x[i] -= f * x[j]
-    for i in range(n - 1, -1, -1):
-        for j in range(i + 1, n):
-            x[i] -= M[i, j] * x[j]
-        x[i] /= M[i, i]
-    return x, True
+    return upper_solve(M, x), True
 
 
 @jit
