@@ -77,7 +77,7 @@ mlflow-server: $(STAMP) ## local MLflow server: db=sqlite|postgres (a real Postg
 .PHONY: image k8s-validate k8s-render mlflow-server
 
 # ---- distributed training (issue 5): Ray Train DDP on a local Ray cluster, or on RAY_ADDRESS -------
-train-cluster: $(STAMP) $(if $(RAY_ADDRESS),,datasets/out/default.zarr) ## DDP on Ray (local 2-node cluster, or RAY_ADDRESS): make train-cluster args="trainer.max_steps=100"
+train-cluster: $(STAMP) $(if $(or $(RAY_ADDRESS),$(findstring data.store=,$(args))),,datasets/out/default.zarr) ## DDP on Ray (local 2-node cluster, or RAY_ADDRESS): make train-cluster args="trainer.max_steps=100"
 	$(PY) scripts/train_cluster.py --config $(or $(config),pipelines/cluster-local.yaml) $(args)
 
 datasets/out/default.zarr: | $(STAMP)
