@@ -24,7 +24,7 @@ from neurok.eval import metrics
 from neurok.eval.config import EvalConfig
 from neurok.eval.evaluate import load_case, mujoco_frames_per_s, simulation
 from neurok.eval.rollout_files import reduced_model_shape
-from neurok.train.checkpoint import load_model
+from neurok.model.checkpoint import load_model
 
 
 def step_costs(model, vertices: int, kq: int) -> dict[str, float]:

@@ -281,7 +281,7 @@ def end_to_end(store: str, device: torch.device, size: Sizes, store_choice: str)
     """`neurok train`'s own function (local launcher) for a few dozen steps; its checkpoint read back."""
     from mlflow.tracking import MlflowClient
 
-    from neurok.train.checkpoint import load_model
+    from neurok.model.checkpoint import load_model
     from neurok.train.local import train
 
     with tempfile.TemporaryDirectory(prefix="neurok-gpu-") as tmp, tracking_env(store_choice, tmp):

@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 
 from neurok.data.loader import FramePairDataModule
-from neurok.train.checkpoint import slim_checkpoint
+from neurok.model.checkpoint import slim_checkpoint
 from neurok.train.config import load_train_config
 from neurok.train.module import NeurokModule
 

@@ -23,8 +23,8 @@ from common import RESULTS
 from neurok.config import config_path, load_config
 from neurok.eval.config import SimulateConfig
 from neurok.eval.rollout_files import MeshConditions, Poke, simulate_mesh
+from neurok.model.checkpoint import load_model
 from neurok.track.registry import model_files
-from neurok.train.checkpoint import load_model
 
 
 def meshes() -> dict[str, tuple[np.ndarray, np.ndarray]]:

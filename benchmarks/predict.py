@@ -22,7 +22,7 @@ from common import write_results
 from neurok.config import load_config
 from neurok.eval.config import SimulateConfig
 from neurok.eval.rollout_files import MeshConditions, Poke, simulate_mesh
-from neurok.train.checkpoint import load_model
+from neurok.model.checkpoint import load_model
 
 
 def main() -> None:

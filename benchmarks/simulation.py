@@ -35,8 +35,8 @@ from neurok.eval import metrics
 from neurok.eval.config import EvalConfig, SimulateConfig
 from neurok.eval.evaluate import load_case, mujoco_frames_per_s, select_cases, simulation
 from neurok.eval.rollout_files import reduced_model_shape, simulated_body
+from neurok.model.checkpoint import load_model
 from neurok.threads import limit_threads
-from neurok.train.checkpoint import load_model
 
 PATHS = ("reference", "torch", "fast")
 REPEATS = 3  # the fast path and MuJoCo: best of (this machine's speed varies by 10-40% between runs)

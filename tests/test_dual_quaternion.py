@@ -15,8 +15,8 @@ from neurok.dynamics.from_model import latent_shape
 from neurok.errors import ConfigError
 from neurok.model import ModelConfig, NeuROK, drive_vertices
 from neurok.model import dual_quaternion as dq
+from neurok.model.checkpoint import load_model
 from neurok.model.forward_mode import driven_with_tangents, dual_quaternions_with_tangents
-from neurok.train.checkpoint import load_model
 from neurok.train.local import train
 from test_loader_stores import write_store
 from test_train import tiny_config

@@ -18,7 +18,7 @@ from neurok.dynamics.mechanics import Physics, System
 from neurok.dynamics.shape import jacobian
 from neurok.errors import BadInputError
 from neurok.model import ModelConfig, NeuROK, drive_vertices
-from neurok.train.checkpoint import load_model
+from neurok.model.checkpoint import load_model
 
 torch.set_num_threads(1)
 

@@ -156,8 +156,8 @@ def test_train_register_and_pull_the_simulator_through_postgres(server, tmp_path
     from neurok.cli.main import main
     from neurok.config import load_config
     from neurok.eval.config import SimulateConfig
+    from neurok.model.checkpoint import read_checkpoint
     from neurok.track.registry import RegistryConfig, promote, register
-    from neurok.train.checkpoint import read_checkpoint
     from neurok.train.local import train
     from test_loader_stores import write_store
     from test_registry import SIMULATE, mesh_input

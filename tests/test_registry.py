@@ -22,8 +22,8 @@ from mlflow.tracking import MlflowClient
 from neurok.cli.main import main
 from neurok.config import load_config
 from neurok.eval.config import SimulateConfig
+from neurok.model.checkpoint import read_checkpoint
 from neurok.track.registry import CHALLENGER, CHAMPION, RegistryConfig, promote, register
-from neurok.train.checkpoint import read_checkpoint
 from test_loader_stores import write_store
 from test_train import tiny_config
 

@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from neurok.eval.config import EvalConfig
     from neurok.eval.evaluate import evaluate
     from neurok.eval.report import log_to_mlflow, table_rows, write_report
+    from neurok.model.checkpoint import load_model, training_run
     from neurok.threads import limit_threads
     from neurok.track.registry import model_files
-    from neurok.train.checkpoint import load_model, training_run
 
     cfg = load_config(EvalConfig, config_path(args.config, "eval"), [*args.overrides, f"data={args.data}"])
     if cfg.threads:

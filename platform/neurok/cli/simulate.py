@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
     from neurok.eval.config import SimulateConfig
     from neurok.eval.meshes import load_mesh
     from neurok.eval.rollout_files import conditions_from_cli, simulate_mesh, write_rollout
+    from neurok.model.checkpoint import load_model
     from neurok.threads import limit_threads
     from neurok.track.registry import model_files
-    from neurok.train.checkpoint import load_model
 
     if not Path(args.mesh).is_file():  # before the model loads (tens of seconds)
         raise BadInputError(f"--mesh {args.mesh}: no such file")

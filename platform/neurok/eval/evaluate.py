@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from neurok.data import sampling
+from neurok.data.examples import encoder_example
 from neurok.data.schema import CONDITION_FIELDS, FLAG_DRAGGED, FLAG_PINNED, FLAG_POKED, OBJECT_TYPES, SPLITS
 from neurok.data.store import Store
 from neurok.dynamics import (
@@ -53,7 +54,6 @@ from neurok.eval.rollout_files import MeshRollout, checked_scene, reduced_model_
 from neurok.geometry import without_rigid_motion
 from neurok.model import ModelConfig, NeuROK
 from neurok.model.diagnostics import latent_diagnostics
-from neurok.train.examples import ReconstructionExamples
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,9 @@ def load_case(store: Store, s: int, cfg: EvalConfig, model: ModelConfig) -> Case
     center, scale = store.norm_center[s], float(store.norm_scale[s])
     frames = ((seq.frames - center) / scale).astype(np.float32)
     target = target_frame(frames, cfg.target)
-    example = ReconstructionExamples._prepare(store, s, cfg.shape.points, model, cfg.seed, target)
+    example = encoder_example(
+        store, s, cfg.shape.points, cfg.seed, target, model.dual_quaternion, model.deformation_only
+    )
     conditions = dict(zip(CONDITION_FIELDS, store.conditions[s].tolist(), strict=True))
     # generated scenes stand on MuJoCo's ground plane, y = 0 in the store's frame; ingested ones say nothing
     ground = -float(center[1]) / scale if store.attrs.get("provenance", {}).get("recipe") else None

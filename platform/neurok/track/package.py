@@ -36,7 +36,7 @@ from neurok.dynamics.config import Integrator
 from neurok.errors import BadInputError
 from neurok.eval.config import SimulateConfig
 from neurok.eval.rollout_files import MeshConditions, Poke, simulate_mesh
-from neurok.train.checkpoint import load_model, slim_checkpoint
+from neurok.model.checkpoint import load_model, slim_checkpoint
 
 ARTIFACT_NAME = "simulator"
 ROW = 8  # numbers per poke or drag row

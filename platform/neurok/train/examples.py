@@ -10,10 +10,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from neurok.data import sampling
+from neurok.data.examples import encoder_example
 from neurok.data.schema import SPLITS
 from neurok.data.store import Store
-from neurok.geometry import without_rigid_motion
 from neurok.model import ModelConfig
 from neurok.track.plots import reconstruction_figure
 
@@ -29,39 +28,11 @@ class ReconstructionExamples:
                 if len(self.examples) >= n_objects or obj in seen:
                     continue
                 seen.add(obj)
-                self.examples.append(self._prepare(store, int(s), points, model, seed))
-
-    @staticmethod
-    def _prepare(
-        store: Store, s: int, points: int, model: ModelConfig, seed: int, target: int | None = None
-    ) -> dict:
-        """E_vae's inputs for (frame 0, `target`), by default the frame that moved most, as `model` reads
-        them (its dual quaternions; the target's rigid motion undone for a deformation-only model)."""
-        seq = store.sequence(s)
-        frames = sampling.normalise(seq.frames, store.norm_center[s], store.norm_scale[s])
-        if target is None:
-            target = sampling.most_moved_frame(frames)
-        rest, moved = frames[0], frames[target]
-        if model.deformation_only:
-            moved = without_rigid_motion(rest, moved).astype(np.float32)
-        face, bary = sampling.sample_surface(rest, seq.faces, points, np.random.default_rng(seed))
-        on_rest = sampling.interpolate(rest, seq.faces, face, bary)
-        inputs = {
-            "points": on_rest,
-            "displacement": sampling.interpolate(moved, seq.faces, face, bary) - on_rest,
-        }
-        if model.dual_quaternion:
-            dq = sampling.vertex_dual_quaternions(rest, moved, seq.faces)
-            inputs["dual_quaternion"] = sampling.blend_dual_quaternions(
-                sampling.interpolate(dq, seq.faces, face, bary)
-            )
-        return {
-            "name": f"{seq.name} ({seq.split}) frame {target}",
-            "faces": seq.faces,
-            "rest": rest,
-            "target": moved,
-            "inputs": {k: torch.from_numpy(v)[None] for k, v in inputs.items()},
-        }
+                self.examples.append(
+                    encoder_example(
+                        store, int(s), points, seed, None, model.dual_quaternion, model.deformation_only
+                    )
+                )
 
     @torch.no_grad()
     def __call__(self, module: torch.nn.Module) -> Figure:

@@ -15,9 +15,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from neurok.model.checkpoint import read_checkpoint
 from neurok.threads import limit_threads
 from neurok.track import log_checkpoints, open_run, tracking_uri
-from neurok.train.checkpoint import read_checkpoint
 from neurok.train.config import TrainConfig
 from neurok.train.parts import fit_parts, open_store
 

@@ -31,9 +31,9 @@ from neurok.errors import ConfigError, NeurokError
 from neurok.eval.config import SimulateConfig
 from neurok.eval.evaluate import evaluate
 from neurok.eval.report import log_to_mlflow, table_rows, write_report
+from neurok.model.checkpoint import load_model, read_checkpoint
 from neurok.track import dataset_fingerprint, log_run_inputs, open_run, tracking_uri
 from neurok.track.registry import Decision, RegistryConfig, promote, register
-from neurok.train.checkpoint import load_model, read_checkpoint
 from neurok.train.config import load_train_config
 from neurok.tune.config import Dimension, Kind, TuneConfig
 from neurok.tune.objectives import measure

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from neurok.errors import BadInputError
-from neurok.model import ModelConfig, NeuROK
+from neurok.model.config import ModelConfig
+from neurok.model.cvae import NeuROK
 
 MODEL_PREFIX = "model."  # NeurokModule keeps the CVAE as `self.model`
 
