@@ -45,3 +45,24 @@ def test_missing_file(tmp_path):
         load_config(Recipe, tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match=f"{tmp_path}: is a folder; give the pipeline's YAML file"):
         load_config(Recipe, tmp_path)
+
+
+def test_cli_ingest_formats_come_from_the_reader_table(tmp_path, capsys):
+    from neurok.cli.main import main
+    from neurok.data.ingest import FORMATS
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["data", "ingest", str(tmp_path), "--format", "bogus", "--out", str(tmp_path / "s.zarr")])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in err and all(f"'{name}'" in err for name in FORMATS)
+    with pytest.raises(SystemExit):
+        main(["data", "ingest", "--help"])
+    assert f"one of {', '.join(FORMATS)}" in " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_train_unknown_launcher_names_the_launchers(capsys):
+    from neurok.cli.main import main
+
+    assert main(["train", "pipelines/train.yaml", "launcher=slurm"]) == ConfigError.exit_code
+    assert "launcher=slurm: expected one of local, ray" in capsys.readouterr().err

@@ -9,6 +9,23 @@ import sys
 from neurok.config import load_config
 
 
+class IngestFormats:
+    """The ingest formats, as argparse choices, read from the reader table (data.ingest.FORMATS) only when
+    argparse asks: importing the readers costs ~1.5 s, which `neurok --help` should not pay."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.table()
+
+    def __iter__(self):
+        return iter(self.table())
+
+    @staticmethod
+    def table() -> dict:
+        from neurok.data.ingest import FORMATS
+
+        return FORMATS
+
+
 def register(groups: argparse._SubParsersAction) -> None:
     data = groups.add_parser("data", help="build and check 4D datasets")
     commands = data.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -22,7 +39,9 @@ def register(groups: argparse._SubParsersAction) -> None:
 
     ing = commands.add_parser("ingest", help="convert public 4D files into a store")
     ing.add_argument("source", help="file or folder to read")
-    ing.add_argument("--format", required=True, help="objseq, plyseq, anime, dfaust, gltf, npz")
+    ing.add_argument(
+        "--format", required=True, choices=IngestFormats(), metavar="FORMAT", help="one of %(choices)s"
+    )
     ing.add_argument("--out", required=True, help="store path or fsspec URL (.zarr)")
     ing.add_argument("overrides", nargs="*", help="dotted key=value overrides of the ingest config")
     ing.set_defaults(func=_ingest)

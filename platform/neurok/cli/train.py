@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 
-LAUNCHERS = ("local", "ray")
+# launcher -> the module whose `train(cfg)` runs it (imported on use: Ray costs seconds to import)
+LAUNCHERS = {"local": "neurok.train.local", "ray": "neurok.train.ray_launcher"}
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -26,14 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from neurok.train.config import load_train_config
 
     cfg = load_train_config(args.config, args.overrides)
-    if cfg.launcher == "ray":
-        from neurok.train.ray_launcher import train
-    elif cfg.launcher == "local":
-        from neurok.train.local import train
-    else:
+    if cfg.launcher not in LAUNCHERS:
         raise ConfigError(f"launcher={cfg.launcher}: expected one of {', '.join(LAUNCHERS)}")
-
-    result = train(cfg)
+    result = importlib.import_module(LAUNCHERS[cfg.launcher]).train(cfg)
     print(f"MLflow run {result.run_id} in {result.tracking_uri}")
     print(f"  last checkpoint: {result.last_checkpoint} (step {result.global_step})")
     if result.best_checkpoint:
