@@ -92,9 +92,13 @@ def test_mesh_sequences_round_trip(tmp_path, fmt, suffix):
         assert np.array_equal(seq.faces, strip_faces(frames.shape[1]))
         assert (seq.object_type, category, split in SPLITS) == ("ingested", "cloth", True)
         assert seq.conditions["frame_dt"] == pytest.approx(1 / 30)
-    assert summary["sequences"] == 3 and summary["shards"] == 2 and summary["frames"] == 18
-    card = Store(tmp_path / "out.zarr").attrs["card"]
-    assert card["n_sequences"] == 3 and sum(card["counts"]["cloth"].values()) == 3
+    assert summary["sequences"] == 3 and summary["shards"] == 2
+    card = Store(tmp_path / "out.zarr").attrs["card"]  # the one card schema, as generate writes it
+    assert card == summary["card"] and card["sequences"] == 3 and card["per_category"] == {"cloth": 3}
+    assert card["frames"] == {"min": 3, "median": 4.0, "max": 11} and card["per_type_and_split"].keys() == {
+        "ingested"
+    }
+    assert card["sources"] == [f"{summary['source']} ({fmt})"] and "not simulated" in card["notes"][0]
 
 
 def test_anime_round_trip_with_category_option(tmp_path):
@@ -428,7 +432,7 @@ def test_failure_keeps_committed_shards_and_resume_finishes(tmp_path):
     summary = ingest(str(source), str(out), cfg)  # everything committed: nothing is read or rewritten
     assert (summary["written_shards"], summary["skipped_shards"]) == ([], [0, 1, 2])
     assert shard_files(out) == files and [s["sha256"] for s in Store(out).shards] == hashes
-    assert summary["sequences"] == 5 and Store(out).attrs["card"]["n_sequences"] == 5
+    assert summary["sequences"] == 5 and Store(out).attrs["card"]["sequences"] == 5
 
 
 def test_resume_refuses_a_store_from_another_config(tmp_path):

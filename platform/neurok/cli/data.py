@@ -70,11 +70,16 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    from neurok.data.card import bytes_on_disk, format_card
     from neurok.data.ingest import IngestConfig, ingest
 
     cfg = load_config(IngestConfig, None, [f"format={args.format}", *args.overrides])
     summary = ingest(args.source, args.out, cfg)
-    print(json.dumps(summary, indent=2))
+    print(format_card(summary["card"], args.out, bytes_on_disk(args.out)))
+    print(
+        f"  loader shards written {len(summary['written_shards'])}, kept from an earlier run "
+        f"{len(summary['skipped_shards'])}"
+    )
     return 0
 
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 import neurok
 from neurok.config import to_dict
+from neurok.data.card import dataset_card
 from neurok.data.ingest import anime, dfaust, gltf, meshseq, npz
 from neurok.data.ingest.common import SourceRef
 from neurok.data.schema import Sequence
@@ -49,6 +50,11 @@ class Reader:
     discover: Callable[[AbstractFileSystem, str], list[SourceRef]]
     read: Callable[[AbstractFileSystem, SourceRef, IngestConfig], Sequence]
 
+
+INGESTED = (
+    "Ingested from an existing 4D dataset, not simulated: physical conditions are unknown and recorded as 0, "
+    "except frame_dt. The source dataset's licence applies to this store."
+)
 
 FORMATS: dict[str, Reader] = {
     "objseq": Reader(partial(meshseq.discover, suffix=".obj"), partial(meshseq.read, suffix=".obj")),
@@ -134,36 +140,15 @@ def ingest(source: str, out: str, cfg: IngestConfig) -> dict:
                     written.append(shard_id)
                     log.info("%s: loader shard %d committed (%d sequences)", out, shard_id, len(batch))
                 bar.update(len(batch))
-        card = dataset_card(Store(out), prov)
+        card = dataset_card(Store(out), [f"{prov['source']} ({cfg.format})"], [INGESTED])
         writer.finalize(card=card)
     return {
         "store": out,
         "source": prov["source"],
         "format": cfg.format,
-        "sequences": card["n_sequences"],
+        "sequences": card["sequences"],
         "shards": len(batches),
         "written_shards": written,
         "skipped_shards": skipped,
-        "frames": card["frames"],
-        "vertices": card["vertices"],
-        "counts": card["counts"],
-    }
-
-
-def dataset_card(store: Store, prov: dict) -> dict:
-    """Sources, counts per category and split, and sizes, from the store's index."""
-    counts: dict[str, dict[str, int]] = {}
-    for i in range(len(store)):
-        per_split = counts.setdefault(store.category_of(i), {})
-        per_split[store.split_of(i)] = per_split.get(store.split_of(i), 0) + 1
-    return {
-        "sources": [{"path": prov["source"], "format": prov["format"]}],
-        "n_sequences": len(store),
-        "counts": counts,
-        "frames": int(store.column("n_frames").sum()),
-        "vertices": int(store.column("n_vertices").sum()),
-        "note": (
-            "Ingested from an existing 4D dataset, not simulated: physical conditions are unknown and "
-            "recorded as 0, except frame_dt. The source dataset's licence applies to this store."
-        ),
+        "card": card,
     }
