@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from neurok.config import load_config, to_dict
@@ -66,3 +68,65 @@ def test_cli_train_unknown_launcher_names_the_launchers(capsys):
 
     assert main(["train", "pipelines/train.yaml", "launcher=slurm"]) == ConfigError.exit_code
     assert "launcher=slurm: expected one of local, ray" in capsys.readouterr().err
+
+
+# every config file in the repository -> how the platform loads it
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _schema_loaders():
+    from neurok.eval.config import EvalConfig, SimulateConfig
+    from neurok.track.registry import RegistryConfig
+    from neurok.train.config import TrainConfig, load_train_config
+    from neurok.tune.config import TuneConfig
+
+    def sweep(path):
+        cfg = load_config(TuneConfig, path)
+        load_train_config(cfg.train_config, cfg.train_overrides)  # the trials' training config loads too
+        return cfg
+
+    return [
+        ("datasets/*.yaml", lambda p: load_config(Recipe, p)),
+        ("pipelines/model/*.yaml", lambda p: load_config(TrainConfig, p)),
+        ("pipelines/{train,smoke,cluster-local,cluster-gpu}.yaml", load_train_config),
+        ("pipelines/{eval,science}.yaml", lambda p: load_config(EvalConfig, p)),
+        ("pipelines/simulate.yaml", lambda p: load_config(SimulateConfig, p)),
+        ("pipelines/registry.yaml", lambda p: load_config(RegistryConfig, p)),
+        ("tune/*.yaml", sweep),
+    ]
+
+
+def _matches(path: str, pattern: str) -> bool:
+    import fnmatch
+
+    head, _, rest = pattern.partition("{")
+    names, _, tail = rest.partition("}")
+    options = [head + n + tail for n in names.split(",")] if names else [pattern]
+    return any(fnmatch.fnmatch(path, o) and o.count("/") == path.count("/") for o in options)
+
+
+CONFIG_FILES = sorted(
+    str(p.relative_to(ROOT)) for d in ("datasets", "pipelines", "tune") for p in (ROOT / d).rglob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_every_config_file_loads_against_its_schema(path):
+    loaders = [load for pattern, load in _schema_loaders() if _matches(path, pattern)]
+    assert len(loaders) == 1, f"{path}: no schema (or several) in _schema_loaders; add the one that loads it"
+    assert loaders[0](ROOT / path) is not None
+
+
+def test_extends_builds_on_a_base_and_refuses_a_circle(tmp_path):
+    from neurok.train.config import TrainConfig
+
+    (tmp_path / "base.yaml").write_text("seed: 3\ntrainer: {max_steps: 50, threads: 2}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\ntrainer: {max_steps: 9}\n")
+    cfg = load_config(TrainConfig, tmp_path / "child.yaml", ["seed=4"])
+    assert (cfg.seed, cfg.trainer.max_steps, cfg.trainer.threads) == (4, 9, 2)
+    (tmp_path / "base.yaml").write_text("extends: child.yaml\n")
+    with pytest.raises(ConfigError, match="goes round in a circle"):
+        load_config(TrainConfig, tmp_path / "child.yaml")
+    (tmp_path / "child.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        load_config(TrainConfig, tmp_path / "child.yaml")

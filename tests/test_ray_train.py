@@ -49,25 +49,16 @@ def store(tmp_path_factory) -> str:
 
 def ray_config(store: str, out: Path, *extra: str):
     return load_train_config(
-        "pipelines/train.yaml",
+        "pipelines/smoke.yaml",
         [
-            "preset=tiny",
             "launcher=ray",
             f"data.store={store}",
             f"output_dir={out}",
-            "data.num_workers=0",
             "data.pairs_per_sequence=4",
-            "data.points=64",
-            "data.queries=64",
-            "data.vertices=32",
             "trainer.max_steps=6",
-            "trainer.max_minutes=0",
             "trainer.val_every_n_steps=3",
             "trainer.checkpoint_every_n_steps=3",
             "trainer.log_every_n_steps=1",
-            "trainer.progress_bar=false",
-            "trainer.plot_objects=0",
-            "trainer.system_metrics=false",
             "ray.num_workers=2",
             "ray.timeout_s=60",  # a collective mismatch fails in a minute instead of hanging for 30
             *extra,

@@ -49,13 +49,11 @@ def env(tmp_path):
 
 def command(store: str, out: Path, name: str, steps: int, every: int) -> list[str]:
     return [
-        *(sys.executable, "-m", "neurok.cli.main", "train", "pipelines/train.yaml"),
-        *("preset=tiny", "launcher=ray", f"run_name={name}", f"data.store={store}", f"output_dir={out}"),
-        *("data.num_workers=0", "data.pairs_per_sequence=4", "data.points=64", "data.queries=64"),
-        *("data.vertices=32", f"trainer.max_steps={steps}", "trainer.max_minutes=0"),
+        *(sys.executable, "-m", "neurok.cli.main", "train", "pipelines/smoke.yaml"),
+        *("launcher=ray", f"run_name={name}", f"data.store={store}", f"output_dir={out}"),
+        *("data.pairs_per_sequence=4", f"trainer.max_steps={steps}", "trainer.log_every_n_steps=1"),
         *(f"trainer.val_every_n_steps={every}", f"trainer.checkpoint_every_n_steps={every}"),
-        *("trainer.log_every_n_steps=1", "trainer.progress_bar=false", "trainer.plot_objects=0"),
-        *("trainer.system_metrics=false", "ray.num_workers=2", "ray.timeout_s=60", "ray.max_failures=2"),
+        *("ray.num_workers=2", "ray.timeout_s=60", "ray.max_failures=2"),
     ]
 
 

@@ -24,22 +24,16 @@ def test_train_cli_run_in_mlflow(tmp_path, monkeypatch, capsys):
     code = main(
         [
             "train",
-            "pipelines/train.yaml",
-            "preset=tiny",
+            "pipelines/smoke.yaml",
             f"data.store={store}",
             f"output_dir={tmp_path}/out",
             "run_name=cli",
-            "data.num_workers=0",
-            "data.points=64",
-            "data.queries=64",
-            "data.vertices=32",
             "trainer.max_steps=12",
-            "trainer.max_minutes=0",
             "trainer.val_every_n_steps=6",
             "trainer.checkpoint_every_n_steps=6",
             "trainer.log_every_n_steps=2",
-            "trainer.progress_bar=false",
             "trainer.plot_objects=2",
+            "trainer.system_metrics=true",
         ]
     )
     assert code == 0

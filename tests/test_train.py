@@ -22,23 +22,15 @@ def store(tmp_path_factory) -> str:
 
 def tiny_config(store: str, out, *extra: str):
     return load_train_config(
-        "pipelines/train.yaml",
+        "pipelines/smoke.yaml",
         [
-            "preset=tiny",
             f"data.store={store}",
             f"output_dir={out}",
-            "data.num_workers=0",
             "data.pairs_per_sequence=2",
-            "data.points=64",
-            "data.queries=64",
-            "data.vertices=32",
             "trainer.max_steps=10",
-            "trainer.max_minutes=0",
             "trainer.val_every_n_steps=4",
             "trainer.checkpoint_every_n_steps=4",
-            "trainer.progress_bar=false",
             "trainer.plot_objects=1",
-            "trainer.system_metrics=false",
             *extra,
         ],
     )

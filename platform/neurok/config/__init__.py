@@ -40,24 +40,36 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         ) from None
 
 
+def read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
+    """(source, mapping) of a config file, after those of the file it `extends` (a path relative to it),
+    base first: a pipeline builds on another by naming it and writing only what differs."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give the pipeline's YAML file, e.g. pipelines/train.yaml")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `extends` goes round in a circle ({' -> '.join(map(str, seen))})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    base = raw.pop("extends", None)
+    if base is None:
+        return [(str(path), raw)]
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `extends` must name one YAML file, got {base!r}")
+    return [*read_yaml(path.parent / base, (*seen, path.resolve())), (str(path), raw)]
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Build `schema` from its defaults, then the YAML file at `path`, then `key=value` overrides."""
+    """Build `schema` from its defaults, then the YAML file at `path` (after the files it extends), then
+    `key=value` overrides."""
     cfg = OmegaConf.structured(schema)
-    if path is not None:
-        path = Path(path)
-        if path.is_dir():
-            raise ConfigError(
-                f"{path}: is a folder; give the pipeline's YAML file, e.g. pipelines/train.yaml"
-            )
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-        cfg = _merge(cfg, raw, str(path))
+    for source, raw in read_yaml(path) if path is not None else []:
+        cfg = _merge(cfg, raw, source)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"command line: override '{item}' is not of the form key=value")
