@@ -45,13 +45,19 @@ test: $(STAMP) ## fast test suite and lint (what CI runs)
 test-full: $(STAMP) ## every test, slow end-to-end ones included
 	$(PY) -m pytest -q -m ''
 
+test-unit: $(STAMP) ## unit tests only (a module or a function against known answers; about 3 min here)
+	$(PY) -m pytest -q -m 'not slow and not e2e'
+
+test-e2e: $(STAMP) ## end-to-end tests only: commands, Ray clusters and services through the real stack
+	$(PY) -m pytest -q -m 'e2e'
+
 lint: $(STAMP) ## ruff
 	.venv/bin/ruff check platform tests benchmarks k8s scripts
 
 bench: $(STAMP) ## benchmarks: JSON + markdown table under benchmarks/results/
 	$(PY) benchmarks/run.py
 
-.PHONY: help setup demo train eval mlflow-ui test test-full lint bench
+.PHONY: help setup demo train eval mlflow-ui test test-full test-unit test-e2e lint bench
 
 # ---- deployment (issue 7): image, Kubernetes manifests, MLflow server -------------------------
 image: $(STAMP) ## container image: variant=gpu|cpu (needs a Docker engine; linted offline by make test)

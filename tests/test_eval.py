@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from neurok.cli.main import main
 from test_eval_adapter import tiny_checkpoint
 from test_loader_stores import write_store
+
+pytestmark = pytest.mark.e2e  # a command or a service through the real stack
 
 torch.set_num_threads(1)
 

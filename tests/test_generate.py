@@ -22,6 +22,8 @@ from neurok.data.store import Store, StoreLayout, StoreWriter
 from neurok.data.validate import validate
 from neurok.errors import ConfigError
 
+pytestmark = pytest.mark.e2e  # a command or a service through the real stack
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "datasets" / "tiny.yaml"
 

@@ -6,9 +6,13 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 from neurok.data.generate.run import generate
 from neurok.data.store import Store
 from test_generate import TINY, tiny
+
+pytestmark = pytest.mark.e2e  # a command or a service through the real stack
 
 SMALL = ["objects=4", "sequences_per_object=2", "store.sequences_per_shard=2"]
 

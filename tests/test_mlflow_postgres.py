@@ -21,10 +21,13 @@ _spec = importlib.util.spec_from_file_location("mlflow_server", ROOT / "scripts"
 srv = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(srv)
 
-pytestmark = pytest.mark.skipif(
-    srv.unavailable_reason() is not None,
-    reason=f"{srv.unavailable_reason()} (.ci/run installs Debian's postgresql)",
-)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        srv.unavailable_reason() is not None,
+        reason=f"{srv.unavailable_reason()} (.ci/run installs Debian's postgresql)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

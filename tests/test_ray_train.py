@@ -18,6 +18,8 @@ from neurok.train.config import load_train_config
 from neurok.train.ray_launcher import train
 from test_loader_stores import write_store
 
+pytestmark = pytest.mark.e2e  # a command or a service through the real stack
+
 # Uneven loader shards (5, 1, 3, 1, 2 sequences; 2 of them val): a deterministic split by rank would give
 # the ranks different batch counts and hang; the loader must equalise them.
 SHARDS = (5, 1, 3, 1, 2)

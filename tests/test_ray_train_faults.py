@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from test_loader_stores import write_store
 from test_ray_train import SHARDS, VAL
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,6 +27,8 @@ from neurok.track.registry import CHALLENGER, CHAMPION, RegistryConfig, promote,
 from test_loader_stores import write_store
 from test_train import tiny_config
 
+pytestmark = pytest.mark.e2e  # a command or a service through the real stack
+
 torch.set_num_threads(1)
 
 # Small enough that a rollout of a few frames takes a second or two.

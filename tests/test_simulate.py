@@ -13,6 +13,8 @@ from neurok.eval.meshes import check_mesh
 from neurok.eval.rollout_files import parse_poke
 from test_eval_adapter import tiny_checkpoint
 
+pytestmark = pytest.mark.e2e  # a command or a service through the real stack
+
 torch.set_num_threads(1)
 
 FAST = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -12,6 +13,8 @@ from neurok.cli.main import main
 from neurok.data.store import Store
 from neurok.track import dataset_fingerprint, tracking_uri
 from test_loader_stores import write_store
+
+pytestmark = pytest.mark.e2e  # a command or a service through the real stack
 
 torch.set_num_threads(1)
 

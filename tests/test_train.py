@@ -69,6 +69,7 @@ def test_warmup_then_cosine():
     assert lrs[3] == pytest.approx(0.505) and lrs[4] == pytest.approx(0.01) and lrs[5] == pytest.approx(0.01)
 
 
+@pytest.mark.e2e
 def test_resume_matches_the_uninterrupted_run(store, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     # 14 train sequences x 2 pairs / batch 8 -> 3 batches an epoch: the interruption at step 5 is mid-epoch

@@ -83,6 +83,7 @@ def test_pipeline_config_defaults(tmp_path, monkeypatch):
     assert config_path(None, "simulate") is None and config_path("", "registry") is None
 
 
+@pytest.mark.e2e
 def test_ci_sweep_searches_with_optuna_stops_early_and_registers_the_best(tmp_path, monkeypatch):
     """tune/ci.yaml as CI runs it: 4 trials, Optuna TPE, ASHA, 2 at a time; prints its wall time."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from test_loader_stores import write_store
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 8, 2  # tune/ci.yaml: trainer.max_steps, trainer.val_every_n_steps

@@ -13,6 +13,8 @@ from PIL import Image
 from neurok.eval.render import COLOURS
 from neurok.eval.viewer import write_viewer
 
+pytestmark = pytest.mark.e2e  # a command or a service through the real stack
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
