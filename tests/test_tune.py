@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -138,3 +139,20 @@ def test_ci_sweep_searches_with_optuna_stops_early_and_registers_the_best(tmp_pa
     assert version.run_id == best and "eval.test/chamfer_l1" in version.tags
     assert version.tags["promotion.decision"] in ("promoted", "rejected")
     assert client.list_artifacts(best, "eval")  # `neurok eval` of the registered version, on its run
+
+
+def test_parallel_coordinates_take_a_metric_no_trial_reported_without_a_warning():
+    import warnings
+
+    from neurok.tune.report import parallel_coordinates
+
+    rows = [
+        {"trial_id": "a", "state": "completed", "lr": 1e-3, "val/chamfer_l1": 0.2, "test/ik": None},
+        {"trial_id": "b", "state": "stopped", "lr": 3e-3, "val/chamfer_l1": None, "test/ik": None},
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # np.nanmin of the empty column warned (issue 20)
+        fig = parallel_coordinates(rows, ["lr", "val/chamfer_l1", "test/ik"], "val/chamfer_l1")
+    lines = fig.axes[0].get_lines()
+    first = lines[0].get_ydata()
+    assert len(lines) == 2 and list(first[:2]) == [0.0, 0.0] and np.isnan(first[2])  # no value: a gap

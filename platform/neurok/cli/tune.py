@@ -34,7 +34,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {row['trial_id']}: {row['state']}, {cfg.target.metric}={row.get(cfg.target.metric)}{marks}")
     if result.best:
         print(
-            f"best trial {result.best['trial_id']} (run {result.best['run_id']}); test: {result.test_report}"
+            f"best completed trial by {cfg.target.metric} ({cfg.target.mode}): {result.best['trial_id']} "
+            f"(run {result.best['run_id']}); test: {result.test_report}"
+        )
+    else:
+        print(
+            f"no trial completed with a {cfg.target.metric}: nothing to register (stopped or failed trials above)"
         )
     if result.decision:
         verdict = "promoted to champion" if result.decision.promoted else "not promoted"

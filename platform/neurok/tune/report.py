@@ -35,12 +35,22 @@ def markdown(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _finite_range(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the smallest and largest finite value; (0, 0) for a column with none (a metric no trial
+    reported), where np.nanmin would warn."""
+    finite = np.isfinite(table)
+    lo = np.where(finite, table, np.inf).min(axis=0)
+    hi = np.where(finite, table, -np.inf).max(axis=0)
+    empty = ~finite.any(axis=0)
+    return np.where(empty, 0.0, lo), np.where(empty, 0.0, hi)
+
+
 def parallel_coordinates(rows: list[dict], columns: list[str], colour_by: str) -> Figure:
     """One line per trial across the hyper-parameters and objectives, each axis scaled to [0, 1]."""
     fig = Figure(figsize=(1.6 * len(columns) + 2, 4), constrained_layout=True)
     ax = fig.add_subplot()
     table = np.array([[_number(r.get(c)) for c in columns] for r in rows], dtype=float)
-    lo, hi = np.nanmin(table, axis=0), np.nanmax(table, axis=0)
+    lo, hi = _finite_range(table)
     scaled = (table - lo) / np.where(hi > lo, hi - lo, 1.0)
     score = np.array([_number(r.get(colour_by)) for r in rows], dtype=float)
     finite = np.isfinite(score)
