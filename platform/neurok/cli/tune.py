@@ -38,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
             f"(run {result.best['run_id']}); test: {result.test_report}"
         )
     else:
-        print(
-            f"no trial completed with a {cfg.target.metric}: nothing to register (stopped or failed trials above)"
-        )
+        print(f"no trial completed with a {cfg.target.metric}: nothing to register (see the trials above)")
     if result.decision:
         verdict = "promoted to champion" if result.decision.promoted else "not promoted"
         print(f"registered version {result.decision.version}: {verdict} ({result.decision.reason})")
