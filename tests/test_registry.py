@@ -125,6 +125,8 @@ def test_worse_challenger_keeps_the_champion(registry, capsys):
     old = client.get_model_version("neurok", registry["v1"]).tags
     assert old["champion.replaced_by"] == better and old["champion.until"]
     assert main(["registry", "promote", f"neurok/{worse}"]) == 1  # still worse than the new champion
+    assert main(["registry", "promote", f"neurok/{worse}", "gates=[]"]) == 0  # what `neurok tune` advises
+    assert str(client.get_model_version_by_alias("neurok", CHAMPION).version) == worse
     assert main(["registry", "list", "neurok"]) == 0
     capsys.readouterr()
     assert main(["registry", "list", "neurok", "--json"]) == 0

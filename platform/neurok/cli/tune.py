@@ -40,6 +40,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"no trial completed with a {cfg.target.metric}: nothing to register (see the trials above)")
     if result.decision:
-        verdict = "promoted to champion" if result.decision.promoted else "not promoted"
-        print(f"registered version {result.decision.version}: {verdict} ({result.decision.reason})")
+        d = result.decision
+        verdict = "promoted to champion" if d.promoted else "not promoted"
+        print(f"registered version {d.version}: {verdict} ({d.reason})")
+        if not d.promoted:
+            stays = f"stays at version {d.previous_champion}" if d.previous_champion else "does not exist yet"
+            print(
+                f"  models:/{d.name}@champion {stays}: the gates of "
+                f"{cfg.registry_config or 'pipelines/registry.yaml'} decide. Train the trials longer "
+                "(train_overrides: trainer.max_steps) or search wider; to accept this version as it is: "
+                f"neurok registry promote {d.name}/{d.version} 'gates=[]'"
+            )
     return 0

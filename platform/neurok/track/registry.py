@@ -56,6 +56,7 @@ class RegistryConfig:
 
 @dataclass
 class Decision:
+    name: str  # the registered model
     version: str
     promoted: bool
     reason: str
@@ -164,7 +165,7 @@ def promote(uri: str, ref: str, cfg: RegistryConfig) -> Decision:
     number = str(version.version)  # an int or a str, depending on the store
     previous = str(champion.version) if champion is not None else None
     if previous == number:
-        return Decision(number, False, "already the champion", {}, previous)
+        return Decision(name, number, False, "already the champion", {}, previous)
     passed, reason, compared = check_gates(version, champion, cfg.gates)
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     tags = {
@@ -182,7 +183,7 @@ def promote(uri: str, ref: str, cfg: RegistryConfig) -> Decision:
         if previous:
             client.set_model_version_tag(name, previous, "champion.until", now)
             client.set_model_version_tag(name, previous, "champion.replaced_by", number)
-    return Decision(number, passed, reason, compared, previous)
+    return Decision(name, number, passed, reason, compared, previous)
 
 
 def list_versions(uri: str, name: str) -> list[dict]:
