@@ -8,7 +8,7 @@ import torch
 import trimesh
 
 from neurok.eval import metrics
-from neurok.eval.baselines import DeformationBank, NearestBaseline, PCABaseline, idw_matrix
+from neurok.eval.baselines import DeformationBank, NearestBaseline, PCABaseline, idw_matrix, rigid_fit
 
 torch.set_num_threads(1)
 
@@ -113,6 +113,22 @@ def test_pca_on_a_rigid_frame_follows_a_shifted_deformation_the_plain_subspace_c
         metrics.chamfer_l1_l2(sampler(plain), points)[0],
     )
     assert l1_framed < 0.3 * l1_plain
+
+
+def test_rigid_frame_alone_fits_a_moved_shape_but_not_a_deformed_one():
+    mesh = trimesh.creation.box(extents=(0.6, 0.3, 0.4)).subdivide()  # not round: the turn is observable
+    rest = np.asarray(mesh.vertices, np.float64)
+    turn = trimesh.transformations.rotation_matrix(0.3, [0.0, 1.0, 0.0])[:3, :3]
+    moved = rest @ turn.T + np.array([0.1, -0.05, 0.08])
+    squashed = rest * np.array([1.0, 0.5, 1.3])
+    sampler = metrics.SurfaceSampler(rest, np.asarray(mesh.faces), 1024)
+    l1 = {
+        name: metrics.chamfer_l1_l2(
+            sampler(rigid_fit(rest, sampler(target), iterations=300)), sampler(target)
+        )[0]
+        for name, target in (("moved", moved), ("squashed", squashed))
+    }
+    assert l1["moved"] < 0.01 and l1["squashed"] > 3 * l1["moved"], l1
 
 
 def test_generative_scores_tell_a_faithful_a_distant_and_a_collapsed_sampler_apart():

@@ -9,6 +9,7 @@ does, and deform it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,45 @@ class DeformationBank:
         return torch.from_numpy(idw_matrix(self.anchors, rest)).float()
 
 
+def chamfer_fit(
+    shape: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    target: torch.Tensor,
+    iterations: int,
+    lr: float,
+) -> np.ndarray:
+    """shape(s) (V, 3) for the coordinates s, from `start`, that best fit `target` (n, 3) by Chamfer L1:
+    NeuROK's IK objective and optimiser (Adam, cosine decay), for every baseline alike."""
+    s = start.clone().requires_grad_(True)
+    opt = torch.optim.Adam([s], lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
+    for _ in range(iterations):
+        loss = chamfer_distance(shape(s), target, "l1")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+    with torch.no_grad():
+        return shape(s).numpy()
+
+
+def on_rigid_frame(
+    deformed: Callable[[torch.Tensor], torch.Tensor], rest: torch.Tensor, dims: int
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """deformed(c) carried by a rigid frame (dynamics.rigid, unit masses), as NeuROK's `frame` IK is, and
+    the start: the frame at the rest shape's centre, unturned, c = 0."""
+    masses = torch.ones(len(rest))
+    start = torch.cat([rest.mean(dim=0), torch.zeros(3 + dims)])
+    return (lambda s: floating_position(deformed, masses, s)), start
+
+
+def rigid_fit(rest: np.ndarray, target: torch.Tensor, iterations: int, lr: float = 0.05) -> np.ndarray:
+    """The rest mesh moved by a rigid frame alone (6 coordinates), fitted to `target` by Chamfer L1: the
+    floor any deformation model on a frame must beat."""
+    rest_t = torch.from_numpy(rest).float()
+    return chamfer_fit(*on_rigid_frame(lambda c: rest_t, rest_t, 0), target, iterations, lr)
+
+
 class PCABaseline:
     """Displacement = mean + U c on the anchors; c (dims,) fitted to a target cloud by Chamfer. With
     `frame`, the deformed shape rides a rigid frame (dynamics.rigid), as NeuROK's `frame` IK does, so the
@@ -84,25 +124,12 @@ class PCABaseline:
 
     def fit(self, rest: np.ndarray, target: torch.Tensor, iterations: int, lr: float = 0.05) -> np.ndarray:
         """Vertices (V, 3) of rest deformed by the subspace field (on its rigid frame, with `frame`) that best
-        fit `target` (n, 3) by Chamfer L1: NeuROK's IK objective and optimiser (Adam, cosine decay)."""
+        fit `target` (n, 3) by Chamfer L1."""
         W, rest_t = self.bank.to_vertices(rest), torch.from_numpy(rest).float()
         deformed = lambda c: rest_t + W @ self._field(c)  # noqa: E731
-        masses = torch.ones(len(rest))
-        shape = (lambda s: floating_position(deformed, masses, s)) if self.frame else deformed
-        start = torch.zeros(self.dims)
-        if self.frame:  # the frame starts at the rest shape's centre, unturned
-            start = torch.cat([rest_t.mean(dim=0), torch.zeros(3), start])
-        s = start.requires_grad_(True)
-        opt = torch.optim.Adam([s], lr=lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
-        for _ in range(iterations):
-            loss = chamfer_distance(shape(s), target, "l1")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            schedule.step()
-        with torch.no_grad():
-            return shape(s).numpy()
+        if self.frame:
+            return chamfer_fit(*on_rigid_frame(deformed, rest_t, self.dims), target, iterations, lr)
+        return chamfer_fit(deformed, torch.zeros(self.dims), target, iterations, lr)
 
     def sample(self, rest: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         """(n, V, 3): rest deformed by coefficients drawn from the Gaussian the training fields span in this

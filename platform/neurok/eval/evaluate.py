@@ -48,7 +48,7 @@ from neurok.dynamics.config import Space
 from neurok.dynamics.simulator import warm_up
 from neurok.errors import BadInputError, NeurokError
 from neurok.eval import metrics
-from neurok.eval.baselines import DeformationBank, NearestBaseline, PCABaseline, grid_anchors
+from neurok.eval.baselines import DeformationBank, NearestBaseline, PCABaseline, grid_anchors, rigid_fit
 from neurok.eval.config import EvalConfig
 from neurok.eval.rollout_files import MeshRollout, checked_scene, reduced_model_shape, simulated_body
 from neurok.geometry import without_rigid_motion
@@ -198,7 +198,8 @@ def inverse_kinematics(
     grid: int,
 ) -> dict[str, float]:
     """IK fits of the case's target by NeuROK in q and in the full latent z, by each PCA baseline (named
-    by the key of `pcas`) and by nearest-neighbour retrieval: Chamfer L1/L2 and volumetric IoU each."""
+    by the key of `pcas`), by nearest-neighbour retrieval and by the rigid frame alone (`rigid`: what a
+    deformation model adds is measured against it): Chamfer L1/L2 and volumetric IoU each."""
     rest, target = case.frames[0], case.frames[case.target]
     points = sampler(target)
     fits = {
@@ -207,6 +208,7 @@ def inverse_kinematics(
     }
     fits |= {name: pca.fit(rest, points, ik.iterations, ik.lr) for name, pca in pcas.items()}
     fits["nn"] = nearest.fit(rest, points)
+    fits["rigid"] = rigid_fit(rest, points, ik.iterations, ik.lr)
     values, samples = {}, {method: sampler(vertices) for method, vertices in fits.items()}
     for method, fitted in samples.items():
         l1, l2 = metrics.chamfer_l1_l2(fitted, points)

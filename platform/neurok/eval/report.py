@@ -31,6 +31,7 @@ COLUMNS = (  # (key, header) of the markdown table
     ("ik_pca_k_chamfer_l1", "IK CD-L1 PCA k"),
     ("ik_pca_k_frame_chamfer_l1", "IK CD-L1 PCA frame+k"),
     ("ik_nn_chamfer_l1", "IK CD-L1 NN"),
+    ("ik_rigid_chamfer_l1", "IK CD-L1 rigid frame only"),
     ("ik_neurok_q_chamfer_l2", "IK CD-L2 NeuROK q"),
     ("ik_neurok_z_chamfer_l2", "IK CD-L2 NeuROK z"),
     ("ik_neurok_frame_chamfer_l2", "IK CD-L2 NeuROK frame+q"),
@@ -46,6 +47,7 @@ COLUMNS = (  # (key, header) of the markdown table
     ("ik_pca_k_iou", "IoU PCA k"),
     ("ik_pca_k_frame_iou", "IoU PCA frame+k"),
     ("ik_nn_iou", "IoU NN"),
+    ("ik_rigid_iou", "IoU rigid frame only"),
     ("rollout_chamfer_l1", "rollout CD-L1"),
     ("rollout_chamfer_l1_2s", "rollout CD-L1 @2s"),
     ("energy_drift", "energy drift"),
@@ -136,6 +138,7 @@ def summary_markdown(cases: list[CaseResult], cfg: EvalConfig) -> str:
         (f"ik_neurok_{space}_chamfer_l1", f"IK NeuROK ({space})"),
         (f"ik_{pca}_chamfer_l1", "IK PCA same dim"),
         ("ik_nn_chamfer_l1", "IK NN"),
+        ("ik_rigid_chamfer_l1", "IK rigid only"),
         *([("ik_pca_k_chamfer_l1", "IK PCA k dims")] if pca != "pca_k" else []),  # as many as z has
         *[(f"ik_neurok_{o}_chamfer_l1", f"IK NeuROK ({o})") for o in SAME_DIMENSION if o != space],
         (f"ik_neurok_{space}_iou", "IoU NeuROK"),
@@ -187,6 +190,13 @@ def summary_markdown(cases: list[CaseResult], cfg: EvalConfig) -> str:
         lines.append(f"- heldout / test IK: {factor:.2f} <= 2: {verdict(factor <= 2)}")
     if "test" in ratios:
         test = groups[("test", "all")]
+        rigid = _spread(test, "ik_rigid_chamfer_l1")[0]
+        if rigid > 0:
+            others = _spread(test, f"ik_{pca}_chamfer_l1")[0]
+            lines.append(
+                f"- test IK over the rigid frame alone: NeuROK {ratios['test'][1] / rigid:.2f}, PCA same dim "
+                f"{others / rigid:.2f} (1: the deformation adds nothing to what 6 rigid coordinates fit)"
+            )
         iou = _spread(test, f"ik_neurok_{space}_iou")[0]
         lines.append(f"- test IoU {iou:.3f} >= 0.70: {verdict(iou >= 0.7)}")
         ours, theirs = (_spread(test, f"gen_{m}_coverage")[0] for m in ("neurok", "pca_gauss"))
