@@ -172,6 +172,8 @@ def reduction_values(shape: ReducedShape) -> dict[str, float]:
 def reconstruction(
     model: NeuROK, shape: ReducedShape, case: Case, sampler: metrics.SurfaceSampler, cfg: EvalConfig
 ) -> dict[str, float]:
+    """The posterior mean's decode against the case's target, and the share of the target's change of shape
+    it reproduces (metrics.deformation_share: travel, most of a falling object's motion, does not count)."""
     target = case.encoded
     with torch.no_grad():
         mu, _ = model.encode_deformation(
@@ -185,6 +187,7 @@ def reconstruction(
         "recon_chamfer_l2": l2,
         "recon_fscore": metrics.fscore(a, b, cfg.fscore_threshold),
         "recon_vertex_error": metrics.vertex_error(predicted, target),
+        "recon_deformation_share": metrics.deformation_share(case.frames[0], target, predicted),
     }
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from neurok.data import sampling
-from neurok.geometry import chamfer_distance, nearest_distance
+from neurok.geometry import chamfer_distance, nearest_distance, without_rigid_motion
 
 
 class SurfaceSampler:
@@ -132,3 +132,15 @@ def generative_scores(samples: torch.Tensor, references: torch.Tensor, pairs: in
         "coverage": float(cross.argmin(dim=1).unique().numel() / len(references)),
         "nna": float(nna),
     }
+
+
+def deformation_share(rest: np.ndarray, target: np.ndarray, predicted: np.ndarray) -> float:
+    """The share of target's change of shape from rest that `predicted` reproduces, each with its best rigid
+    motion from rest undone (vertices in correspondence, (V, 3) each): 1 - mean |error| / mean |change|.
+    1: the shape is right; 0: only travel or turning is (or nothing); below 0: the predicted shape change
+    is worse than none. NaN when the target did not change shape."""
+    change = without_rigid_motion(rest, target) - rest
+    error = np.linalg.norm(without_rigid_motion(rest, predicted) - rest - change, axis=-1).mean()
+    size = np.linalg.norm(change, axis=-1).mean()
+    changed = size > 1e-9 * np.abs(rest - rest.mean(axis=0)).max()  # above the rigid fit's rounding
+    return float(1 - error / size) if changed else float("nan")
