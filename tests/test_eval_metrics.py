@@ -131,18 +131,20 @@ def test_rigid_frame_alone_fits_a_moved_shape_but_not_a_deformed_one():
     assert l1["moved"] < 0.01 and l1["squashed"] > 3 * l1["moved"], l1
 
 
-def test_deformation_share_counts_the_change_of_shape_not_the_travel():
+def test_shape_change_error_counts_the_change_of_shape_not_the_travel():
     rest = np.asarray(trimesh.creation.box(extents=(0.6, 0.3, 0.4)).subdivide().vertices, np.float64)
     turn = trimesh.transformations.rotation_matrix(0.4, [0.0, 0.0, 1.0])[:3, :3]
     squashed = rest * np.array([1.0, 0.6, 1.2])
     target = squashed @ turn.T + [0.0, -2.0, 0.5]  # squashed, then fallen two sizes and turned
     noise = np.random.default_rng(0).normal(scale=0.1, size=rest.shape)
-    share = lambda predicted: metrics.deformation_share(rest, target, predicted)  # noqa: E731
-    assert share(squashed + [3.0, 0.0, 0.0]) == pytest.approx(1.0, abs=1e-9)  # right shape, anywhere
-    assert share(rest @ turn.T + [0.0, -2.0, 0.5]) == pytest.approx(0.0, abs=1e-9)  # right travel, no shape
-    assert share(rest + 0.5 * (squashed - rest)) == pytest.approx(0.5, abs=0.05)
-    assert share(rest + noise) < 0  # a shape change that is noise is worse than none
-    assert np.isnan(metrics.deformation_share(rest, rest + [1.0, 0.0, 0.0], squashed))
+    error = lambda predicted: metrics.shape_change_error(rest, target, predicted)  # noqa: E731
+    change = np.linalg.norm(squashed - rest, axis=-1).mean()  # the squash is already about the centre
+    assert error(squashed + [3.0, 0.0, 0.0]) == pytest.approx(
+        (0.0, change), abs=1e-9
+    )  # right shape, anywhere
+    assert error(rest @ turn.T + [0.0, -2.0, 0.5]) == pytest.approx((change, change), rel=1e-6)  # travel only
+    assert error(rest + 0.5 * (squashed - rest))[0] == pytest.approx(0.5 * change, rel=0.1)
+    assert error(rest + noise)[0] > change  # a shape change that is noise is worse than none
 
 
 def test_generative_scores_tell_a_faithful_a_distant_and_a_collapsed_sampler_apart():

@@ -172,8 +172,8 @@ def reduction_values(shape: ReducedShape) -> dict[str, float]:
 def reconstruction(
     model: NeuROK, shape: ReducedShape, case: Case, sampler: metrics.SurfaceSampler, cfg: EvalConfig
 ) -> dict[str, float]:
-    """The posterior mean's decode against the case's target, and the share of the target's change of shape
-    it reproduces (metrics.deformation_share: travel, most of a falling object's motion, does not count)."""
+    """The posterior mean's decode against the case's target, and its error in the target's change of shape
+    (metrics.shape_change_error: travel, most of a falling object's motion, does not count)."""
     target = case.encoded
     with torch.no_grad():
         mu, _ = model.encode_deformation(
@@ -182,12 +182,14 @@ def reconstruction(
         predicted = shape.latent.decode(mu.flatten()).numpy()
     a, b = sampler(predicted), sampler(target)
     l1, l2 = metrics.chamfer_l1_l2(a, b)
+    shape_error, change = metrics.shape_change_error(case.frames[0], target, predicted)
     return {
         "recon_chamfer_l1": l1,
         "recon_chamfer_l2": l2,
         "recon_fscore": metrics.fscore(a, b, cfg.fscore_threshold),
         "recon_vertex_error": metrics.vertex_error(predicted, target),
-        "recon_deformation_share": metrics.deformation_share(case.frames[0], target, predicted),
+        "recon_shape_error": shape_error,
+        "shape_change": change,
     }
 
 

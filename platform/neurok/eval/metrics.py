@@ -134,13 +134,12 @@ def generative_scores(samples: torch.Tensor, references: torch.Tensor, pairs: in
     }
 
 
-def deformation_share(rest: np.ndarray, target: np.ndarray, predicted: np.ndarray) -> float:
-    """The share of target's change of shape from rest that `predicted` reproduces, each with its best rigid
-    motion from rest undone (vertices in correspondence, (V, 3) each): 1 - mean |error| / mean |change|.
-    1: the shape is right; 0: only travel or turning is (or nothing); below 0: the predicted shape change
-    is worse than none. NaN when the target did not change shape."""
+def shape_change_error(rest: np.ndarray, target: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    """(error, change): the mean distance between `predicted`'s and target's shapes, and target's mean change
+    of shape from rest, each with its best rigid motion from rest undone (vertices in correspondence, (V, 3)
+    each). Travel and turning do not count: a prediction that only travels right has error = change; one
+    whose shape change is noise, more. 1 - error / change, over a set of cases, is the share of their
+    change of shape it reproduces."""
     change = without_rigid_motion(rest, target) - rest
     error = np.linalg.norm(without_rigid_motion(rest, predicted) - rest - change, axis=-1).mean()
-    size = np.linalg.norm(change, axis=-1).mean()
-    changed = size > 1e-9 * np.abs(rest - rest.mean(axis=0)).max()  # above the rigid fit's rounding
-    return float(1 - error / size) if changed else float("nan")
+    return float(error), float(np.linalg.norm(change, axis=-1).mean())

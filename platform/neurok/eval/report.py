@@ -22,7 +22,8 @@ COLUMNS = (  # (key, header) of the markdown table
     ("recon_chamfer_l2", "recon CD-L2"),
     ("recon_fscore", "recon F"),
     ("recon_vertex_error", "vertex err"),
-    ("recon_deformation_share", "recon deformation share"),
+    ("shape_change", "shape change"),
+    ("recon_shape_error", "recon shape error"),
     ("ik_neurok_q_chamfer_l1", "IK CD-L1 NeuROK q"),
     ("ik_neurok_z_chamfer_l1", "IK CD-L1 NeuROK z"),
     ("ik_neurok_frame_chamfer_l1", "IK CD-L1 NeuROK frame+q"),
@@ -136,7 +137,8 @@ def summary_markdown(cases: list[CaseResult], cfg: EvalConfig) -> str:
     pca = SAME_DIMENSION[space]
     columns = [
         ("recon_chamfer_l1", "recon"),
-        ("recon_deformation_share", "recon deformation share"),
+        ("shape_change", "shape change"),
+        ("recon_shape_error", "recon shape error"),
         (f"ik_neurok_{space}_chamfer_l1", f"IK NeuROK ({space})"),
         (f"ik_{pca}_chamfer_l1", "IK PCA same dim"),
         ("ik_nn_chamfer_l1", "IK NN"),
@@ -199,7 +201,8 @@ def summary_markdown(cases: list[CaseResult], cfg: EvalConfig) -> str:
                 f"- test IK over the rigid frame alone: NeuROK {ratios['test'][1] / rigid:.2f}, PCA same dim "
                 f"{others / rigid:.2f} (1: the deformation adds nothing to what 6 rigid coordinates fit)"
             )
-        share = _spread(test, "recon_deformation_share")[0]
+        error, change = (_spread(test, k)[0] for k in ("recon_shape_error", "shape_change"))
+        share = 1 - error / change if change > 0 else float("nan")
         if not math.isnan(share):
             lines.append(
                 f"- test: the posterior reproduces {share:.2f} of the change of shape (rigid motion undone; "
