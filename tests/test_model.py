@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -182,3 +183,24 @@ def test_overfits_one_batch(decoder_output):
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < 0.02 * losses[0], (losses[0], losses[-1])
+
+
+def test_shape_error_grades_the_change_of_shape_not_the_travel():
+    from neurok.model.losses import shape_error
+
+    torch.manual_seed(0)
+    queries = torch.randn(2, 64, 3) * torch.tensor([0.4, 0.2, 0.3])
+    squash = queries * torch.tensor([1.0, 0.7, 1.2]) - queries  # a change of shape
+    c, s = math.cos(0.5), math.sin(0.5)
+    turn = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    moved = lambda d: (queries + d) @ turn.T + torch.tensor([0.0, -2.0, 0.3]) - queries  # noqa: E731
+    target = moved(squash)  # squashed, turned and fallen
+    assert float(shape_error(queries, moved(squash), target, 1e-9)) < 1e-8  # the right shape, moved alike
+    assert float(shape_error(queries, squash, target, 1e-9)) < 1e-8  # the right shape anywhere
+    assert float(shape_error(queries, moved(torch.zeros_like(squash)), target, 1e-9)) == pytest.approx(
+        1, rel=1e-4
+    )
+    sphere = torch.nn.functional.normalize(torch.randn(1, 200, 3), dim=-1)  # symmetric: the fit is degenerate
+    predicted = torch.zeros(1, 200, 3, requires_grad=True)
+    shape_error(sphere, predicted, 0.1 * sphere, 1e-3).backward()
+    assert torch.isfinite(predicted.grad).all() and predicted.grad.abs().sum() > 0

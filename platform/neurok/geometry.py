@@ -53,6 +53,19 @@ def rigid_fit(
     return U @ np.diag([1.0, 1.0, flip]) @ Vt, c_rest, c_x
 
 
+def in_rest_frame(rest: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Batched without_rigid_motion for training: x (B, N, 3) with its best rigid motion from rest (B, N, 3)
+    undone. The motion is fitted without gradient, so the gradient reaches x's shape and not the fit (an
+    SVD's gradient is unstable on the symmetric shapes a dataset has)."""
+    with torch.no_grad():
+        c_rest, c_x = rest.mean(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)
+        U, _, Vt = torch.linalg.svd((x - c_x).transpose(1, 2) @ (rest - c_rest))
+        flip = torch.ones_like(U[:, 0])  # (B, 3)
+        flip[:, 2] = torch.where(torch.linalg.det(U @ Vt) < 0, -1.0, 1.0)
+        R = (U * flip[:, None, :]) @ Vt  # x ~ (rest - c_rest) @ R^T + c_x
+    return (x - c_x) @ R + c_rest
+
+
 def without_rigid_motion(rest: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """x (V, 3) with its best rigid motion from `rest` undone: its pose in the rest frame, so that what
     differs from `rest` is deformation alone."""

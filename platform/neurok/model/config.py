@@ -33,6 +33,14 @@ class ModelConfig:
     # (dynamics.rigid). Not yet trainable: on diverse batches the decoder learns to ignore z within ~20
     # steps, whatever the KL schedule (README, "Rigid motion in the targets"); off by default.
     deformation_only: bool = False
+    # Weight of a second reconstruction term on the change of shape: predicted and target query positions
+    # each with its best rigid motion from the rest queries undone (geometry.in_rest_frame), the squared
+    # error relative to the target's own change (floored at shape_floor), so that the shape is graded where
+    # travel (most of a falling object's motion) drowns it in the displacement error. 0: the paper's loss.
+    shape_weight: float = 0.0
+    shape_floor: float = (
+        1e-3  # mean squared change of shape (normalised units) below which errors count absolutely
+    )
     fused_attention: bool = True  # encoders use fused SDPA; the decoder never does (torch.func, traps.md 1)
     # D's output per query: a displacement (the "w/o dual quaternion" ablation, s7.3), or a rigid motion
     # as a unit dual quaternion that moves the query, blended (DQB) at the mesh vertices (s9.2)

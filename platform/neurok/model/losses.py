@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from neurok.geometry import in_rest_frame
 from neurok.model.config import ModelConfig
 from neurok.model.cvae import drive_vertices
 
@@ -52,12 +53,28 @@ def cvae_loss(out: dict, batch: dict, cfg: ModelConfig, kl_scale: float = 1.0) -
     recon = per_sample.mean() * cfg.field_points
     per_dim = kl_terms(out["mu"].float(), out["logvar"].float(), out["mu_cond"].float()).mean(dim=0)
     kl_cost = per_dim.clamp(min=cfg.kl_free_bits).sum()
-    return {
+    losses = {
         "loss": recon + kl_scale * cfg.kl_weight * kl_cost,
         "recon": recon,
         "kl": per_dim.sum(),
         "mse": error.mean(),
     }
+    if cfg.shape_weight > 0:
+        losses["shape"] = shape_error(batch["queries"], out["deformation"].float(), target, cfg.shape_floor)
+        losses["loss"] = losses["loss"] + cfg.shape_weight * losses["shape"]
+    return losses
+
+
+def shape_error(
+    queries: torch.Tensor, predicted: torch.Tensor, target: torch.Tensor, floor: float
+) -> torch.Tensor:
+    """The batch mean of each sample's squared error in the change of shape (both displacements' best rigid
+    motions undone), over the target's mean squared change of shape plus `floor`: about 1 for a prediction
+    that only travels right, 0 for the right shape."""
+    target_shape = in_rest_frame(queries, queries + target)
+    predicted_shape = in_rest_frame(queries, queries + predicted)
+    change = (target_shape - queries).square().sum(dim=-1).mean(dim=1)
+    return ((predicted_shape - target_shape).square().sum(dim=-1).mean(dim=1) / (change + floor)).mean()
 
 
 def chamfer(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
