@@ -185,6 +185,28 @@ def test_overfits_one_batch(decoder_output):
     assert losses[-1] < 0.02 * losses[0], (losses[0], losses[-1])
 
 
+def test_shape_change_distances_count_the_change_of_shape_and_not_the_travel():
+    from neurok.model import shape_change_distances
+
+    torch.manual_seed(0)
+    queries = torch.randn(3, 128, 3) * torch.tensor([0.4, 0.2, 0.3])
+    squash = queries * torch.tensor([1.0, 0.7, 1.2]) - queries
+    c, s = math.cos(0.8), math.sin(0.8)
+    turn = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    moved = lambda d: (queries + d) @ turn.T + torch.tensor([0.5, -1.0, 0.0]) - queries  # noqa: E731
+    target = moved(squash)
+    error, change = shape_change_distances(queries, moved(squash), target)
+    assert error.shape == change.shape == (3,)
+    assert float(error.max()) < 1e-5  # the right shape, moved alike
+    squashed = (queries * torch.tensor([0.0, -0.3, 0.2])).norm(dim=-1).mean(dim=1)
+    # the squash's own best rigid fit takes a little of it (random queries are not centred or aligned)
+    assert bool((change <= squashed).all()) and bool((change > 0.95 * squashed).all())
+    error, _ = shape_change_distances(queries, moved(torch.zeros_like(squash)), target)
+    assert torch.allclose(error, change, rtol=1e-4)  # travelling and turning right, shape unchanged
+    error, _ = shape_change_distances(queries, -squash, target)
+    assert bool((error > 1.5 * change).all())  # the opposite change of shape is worse than none
+
+
 def test_shape_error_grades_the_change_of_shape_not_the_travel():
     from neurok.model.losses import shape_error
 

@@ -56,6 +56,9 @@ def test_train_cli_run_in_mlflow(tmp_path, monkeypatch, capsys):
     assert steps == [2, 4, 6, 8, 10, 12] or steps == [1, 3, 5, 7, 9, 11]
     for key in ("val/loss", "val/chamfer_l1", "val/chamfer_l2", "val/vertex_error", "val/kl"):
         assert len(client.get_metric_history(run.info.run_id, key)) == 2, key
+    shares = [m.value for m in client.get_metric_history(run.info.run_id, "val/shape_share")]
+    assert len(shares) == 2 and all(-10 < s < 1 for s in shares)  # over the whole validation set, each time
+    assert f"val/shape_share: {shares[-1]:.5f}" in printed
     for key in (
         "latent/explained_own",
         "latent/explained_shuffled",

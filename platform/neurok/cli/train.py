@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  last checkpoint: {result.last_checkpoint} (step {result.global_step})")
     if result.best_checkpoint:
         print(f"  best checkpoint: {result.best_checkpoint}")
-    for key in ("val/loss", "val/chamfer_l1", "val/vertex_error"):
+    for key in ("val/loss", "val/chamfer_l1", "val/vertex_error", "val/shape_share"):
         if key in result.metrics:
             print(f"  {key}: {result.metrics[key]:.5f}")
     return 0

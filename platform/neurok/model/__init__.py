@@ -2,7 +2,13 @@
 
 from neurok.model.config import ModelConfig
 from neurok.model.cvae import NeuROK, drive_vertices
-from neurok.model.losses import chamfer, cvae_loss, kl_divergence, reconstruction_metrics
+from neurok.model.losses import (
+    chamfer,
+    cvae_loss,
+    kl_divergence,
+    reconstruction_metrics,
+    shape_change_distances,
+)
 
 __all__ = [
     "ModelConfig",
@@ -12,4 +18,5 @@ __all__ = [
     "drive_vertices",
     "kl_divergence",
     "reconstruction_metrics",
+    "shape_change_distances",
 ]

@@ -77,6 +77,20 @@ def shape_error(
     return ((predicted_shape - target_shape).square().sum(dim=-1).mean(dim=1) / (change + floor)).mean()
 
 
+def shape_change_distances(
+    queries: torch.Tensor, predicted: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample (B,): the mean distance between the predicted and target shapes, and the target's mean
+    change of shape, each deformed query set (queries + displacement) with its best rigid motion from the
+    queries undone. Travel and turning do not count: a prediction that only travels right has error = change.
+    Over a set, 1 - sum(error) / sum(change) is the share of the change of shape a model reproduces (the
+    batched form of eval.metrics.shape_change_error)."""
+    target_shape = in_rest_frame(queries, queries + target)
+    predicted_shape = in_rest_frame(queries, queries + predicted)
+    error = (predicted_shape - target_shape).norm(dim=-1).mean(dim=1)
+    return error, (target_shape - queries).norm(dim=-1).mean(dim=1)
+
+
 def chamfer(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric Chamfer distances between point sets (B, N, 3), (B, M, 3): L1 (mean nearest distance)
     and L2 (mean squared nearest distance), each averaged over both directions; per batch element."""

@@ -10,7 +10,7 @@ from dataclasses import asdict
 import lightning.pytorch as pl
 import torch
 
-from neurok.model import ModelConfig, NeuROK, cvae_loss, reconstruction_metrics
+from neurok.model import ModelConfig, NeuROK, cvae_loss, reconstruction_metrics, shape_change_distances
 from neurok.model.diagnostics import latent_diagnostics
 from neurok.model.losses import kl_ramp
 from neurok.train.config import OptimConfig
@@ -31,6 +31,7 @@ class NeurokModule(pl.LightningModule):
         self.model = NeuROK(ModelConfig(**model))
         self.optim = OptimConfig(**optim)
         self.max_steps = max_steps
+        self.shape_sums = torch.zeros(2)  # validation: summed shape error and change (val/shape_share)
 
     @classmethod
     def from_configs(cls, model: ModelConfig, optim: OptimConfig, max_steps: int) -> NeurokModule:
@@ -50,6 +51,10 @@ class NeurokModule(pl.LightningModule):
         cfg = self.model.cfg
         values = cvae_loss(out, batch, cfg) | reconstruction_metrics(out, batch, cfg.k_drive)
         size = batch["points"].shape[0]
+        error, change = shape_change_distances(
+            batch["queries"], out["deformation"].float(), batch["query_displacement"]
+        )
+        self.shape_sums = self.shape_sums.to(error.device) + torch.stack([error.sum(), change.sum()])
         self.log("val/loss", values.pop("loss"), prog_bar=True, sync_dist=True, batch_size=size)
         self.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True, batch_size=size)
         if batch_idx == 0 and self.trainer.is_global_zero:  # the first batch is enough to see latent use
@@ -57,6 +62,15 @@ class NeurokModule(pl.LightningModule):
             self.log_dict(
                 {f"latent/{k}": v for k, v in diagnostics.items()}, rank_zero_only=True, batch_size=size
             )
+
+    def on_validation_epoch_end(self) -> None:
+        """val/shape_share: 1 - summed shape error / summed change of shape over the whole validation set
+        (all ranks): the share of the change of shape the posterior mean reproduces, which travel (most of
+        a falling object's displacement, and of val/mse) cannot fake."""
+        error, change = self.all_gather(self.shape_sums).reshape(-1, 2).sum(dim=0)
+        self.shape_sums = torch.zeros_like(self.shape_sums)
+        if change > 0:
+            self.log("val/shape_share", 1.0 - error / change)  # the same on every rank
 
     def configure_optimizers(self):
         named = list(self.named_parameters())

@@ -1,0 +1,121 @@
+"""Does the CVAE learn the change of shape, and does what it learns carry to new frame pairs?
+
+A training loop without Lightning, for probes that a full run would take too long to answer: the model
+trains on a fixed set of loader batches (`fixed=N`, a memorisation test) or on a fresh stream (`fixed=0`,
+what training does), with training's optimiser, schedule, gradient clipping and KL ramp. Every `every`
+steps it prints the share of the change of shape (model.shape_change_distances: 1 - summed error /
+summed change, rigid motion undone, the posterior mean) on
+
+- `seen`: the first training batch (its samples were trained on, unless fixed=0);
+- `new pairs`: batches of the same split that training never drew (new frame pairs of the same objects);
+- `val`: the store's validation split (unseen objects), when it has one.
+
+0 or less: no change of shape reproduced. Writes benchmarks/results/shape_learning.json and .md.
+
+Usage: python benchmarks/shape_learning.py STORE [steps=300] [fixed=8] [lr=3e-4] [deformation_only=1]
+       [drop=multibody] [threads=2] [every=50] [model.KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from common import write_results
+from neurok.config import load_config
+from neurok.data.loader import LoaderConfig, make_loader
+from neurok.data.schema import OBJECT_TYPES
+from neurok.errors import BadInputError
+from neurok.model import ModelConfig, cvae_loss, shape_change_distances
+from neurok.model.losses import kl_ramp
+from neurok.train.config import OptimConfig, TrainerConfig
+from neurok.train.module import NeurokModule
+
+BASE = {"width": 128, "heads": 4, "tokens": 32, "latent_dim": 8, "encoder_depth": 3, "decoder_depth": 3}
+HELD_OUT = 2  # batches of new pairs (and of the validation split) the share is measured on
+
+
+def batches(store: str, split: str, n: int, deformation_only: bool, drop: str | None, seed: int) -> list:
+    """n batches of 64 from a split's loader (its epochs chained), less the samples of object type `drop`."""
+    cfg = LoaderConfig(store=store, batch_size=64, points=512, queries=512, num_workers=0, seed=seed)
+    loader, samples = make_loader(cfg, split, remove_rigid=deformation_only), []
+    while sum(len(b["sequence"]) for b in samples) < 64 * n:
+        for batch in loader:
+            keep = batch["object_type"] != OBJECT_TYPES.index(drop) if drop else slice(None)
+            samples.append({k: v[keep] for k, v in batch.items()})
+    flat = {k: torch.cat([b[k] for b in samples]) for k in samples[0]}
+    return [{k: v[64 * i : 64 * (i + 1)] for k, v in flat.items()} for i in range(n)]
+
+
+def share(model, chosen: list[dict]) -> float:
+    model.eval()
+    with torch.no_grad():
+        sums = torch.zeros(2)
+        for batch in chosen:
+            out = model(batch, noise=0.0)
+            error, change = shape_change_distances(
+                batch["queries"], out["deformation"], batch["query_displacement"]
+            )
+            sums += torch.stack([error.sum(), change.sum()])
+    model.train()
+    return float(1 - sums[0] / sums[1])
+
+
+def main(argv: list[str]) -> None:
+    store, options = argv[0], dict(a.split("=", 1) for a in argv[1:])
+    steps, fixed, every = (int(options.pop(k, d)) for k, d in (("steps", 300), ("fixed", 8), ("every", 50)))
+    lr, drop = float(options.pop("lr", 3e-4)), options.pop("drop", None)
+    deformation_only = options.pop("deformation_only", "1") == "1"
+    torch.set_num_threads(int(options.pop("threads", 2)))
+    torch.manual_seed(0)
+    overrides = [f"{k}={v}" for k, v in BASE.items()] + [f"deformation_only={deformation_only}"]
+    cfg = load_config(
+        ModelConfig, None, overrides + [f"{k.removeprefix('model.')}={v}" for k, v in options.items()]
+    )
+    module = NeurokModule.from_configs(cfg, OptimConfig(lr=lr, warmup_steps=50), steps)
+    optimiser = module.configure_optimizers()
+    optimiser, schedule = optimiser["optimizer"], optimiser["lr_scheduler"]["scheduler"]
+    model = module.model
+
+    stream = batches(store, "train", (fixed or steps) + HELD_OUT, deformation_only, drop, seed=0)
+    new_pairs, training = stream[:HELD_OUT], stream[HELD_OUT:]
+    val = []
+    try:
+        val = batches(store, "val", HELD_OUT, deformation_only, drop, seed=1)
+    except BadInputError as exc:  # a store without a validation split (a probe set) reports none
+        print(f"no validation share: {exc}")
+    rows, start = [], time.perf_counter()
+    for step in range(steps + 1):
+        if step % every == 0:
+            row = {"step": step, "seen": share(model, training[:1]), "new pairs": share(model, new_pairs)}
+            row = {k: round(v, 4) for k, v in row.items()} | {
+                "val": round(share(model, val), 4) if val else None
+            }
+            rows.append(row)
+            print(row | {"s": round(time.perf_counter() - start)}, flush=True)
+        if step == steps:
+            break
+        batch, ramp = training[step % len(training)], kl_ramp(step, cfg.kl_warmup_steps)
+        loss = cvae_loss(model(batch, noise=ramp), batch, cfg, kl_scale=ramp)["loss"]
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), TrainerConfig.gradient_clip)
+        optimiser.step()
+        schedule.step()
+
+    setting = " ".join(argv)
+    table = ["| step | seen | new pairs | val |", "|---|---|---|---|"]
+    table += [
+        f"| {r['step']} | {r['seen']:.3f} | {r['new pairs']:.3f} | "
+        + (f"{r['val']:.3f} |" if r["val"] is not None else "- |")
+        for r in rows
+    ]
+    write_results(
+        "shape_learning", {"setting": setting, "rows": rows}, "\n".join([f"`{setting}`", "", *table])
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
