@@ -10,10 +10,10 @@ summed change, rigid motion undone, the posterior mean) on
 - `new pairs`: batches of the same split that training never drew (new frame pairs of the same objects);
 - `val`: the store's validation split (unseen objects), when it has one.
 
-0 or less: no change of shape reproduced. Writes benchmarks/results/shape_learning.json and .md.
+0 or less: no change of shape reproduced. Writes benchmarks/results/shape_learning[NAME].json and .md.
 
 Usage: python benchmarks/shape_learning.py STORE [steps=300] [fixed=8] [lr=3e-4] [deformation_only=1]
-       [drop=multibody] [threads=2] [every=50] [model.KEY=VALUE ...]
+       [drop=multibody] [augment=1] [threads=2] [every=50] [name=NAME] [model.KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 from common import write_results
 from neurok.config import load_config
-from neurok.data.loader import LoaderConfig, make_loader
+from neurok.data.loader import AugmentConfig, LoaderConfig, make_loader
 from neurok.data.schema import OBJECT_TYPES
 from neurok.errors import BadInputError
 from neurok.model import ModelConfig, cvae_loss, shape_change_distances
@@ -37,9 +37,13 @@ BASE = {"width": 128, "heads": 4, "tokens": 32, "latent_dim": 8, "encoder_depth"
 HELD_OUT = 2  # batches of new pairs (and of the validation split) the share is measured on
 
 
-def batches(store: str, split: str, n: int, deformation_only: bool, drop: str | None, seed: int) -> list:
+def batches(
+    store: str, split: str, n: int, deformation_only: bool, drop: str | None, seed: int, augment: bool
+) -> list:
     """n batches of 64 from a split's loader (its epochs chained), less the samples of object type `drop`."""
     cfg = LoaderConfig(store=store, batch_size=64, points=512, queries=512, num_workers=0, seed=seed)
+    if not augment:  # no turn about up, no scale: the frame pairs as stored
+        cfg.augment = AugmentConfig(rotate=False, scale=[1.0, 1.0])
     loader, samples = make_loader(cfg, split, remove_rigid=deformation_only), []
     while sum(len(b["sequence"]) for b in samples) < 64 * n:
         for batch in loader:
@@ -66,8 +70,9 @@ def share(model, chosen: list[dict]) -> float:
 def main(argv: list[str]) -> None:
     store, options = argv[0], dict(a.split("=", 1) for a in argv[1:])
     steps, fixed, every = (int(options.pop(k, d)) for k, d in (("steps", 300), ("fixed", 8), ("every", 50)))
-    lr, drop = float(options.pop("lr", 3e-4)), options.pop("drop", None)
+    lr, drop, name = float(options.pop("lr", 3e-4)), options.pop("drop", None), options.pop("name", "")
     deformation_only = options.pop("deformation_only", "1") == "1"
+    augment = options.pop("augment", "1") == "1"
     torch.set_num_threads(int(options.pop("threads", 2)))
     torch.manual_seed(0)
     overrides = [f"{k}={v}" for k, v in BASE.items()] + [f"deformation_only={deformation_only}"]
@@ -79,11 +84,11 @@ def main(argv: list[str]) -> None:
     optimiser, schedule = optimiser["optimizer"], optimiser["lr_scheduler"]["scheduler"]
     model = module.model
 
-    stream = batches(store, "train", (fixed or steps) + HELD_OUT, deformation_only, drop, seed=0)
+    stream = batches(store, "train", (fixed or steps) + HELD_OUT, deformation_only, drop, 0, augment)
     new_pairs, training = stream[:HELD_OUT], stream[HELD_OUT:]
     val = []
     try:
-        val = batches(store, "val", HELD_OUT, deformation_only, drop, seed=1)
+        val = batches(store, "val", HELD_OUT, deformation_only, drop, 1, augment)
     except BadInputError as exc:  # a store without a validation split (a probe set) reports none
         print(f"no validation share: {exc}")
     rows, start = [], time.perf_counter()
@@ -113,7 +118,7 @@ def main(argv: list[str]) -> None:
         for r in rows
     ]
     write_results(
-        "shape_learning", {"setting": setting, "rows": rows}, "\n".join([f"`{setting}`", "", *table])
+        f"shape_learning{name}", {"setting": setting, "rows": rows}, "\n".join([f"`{setting}`", "", *table])
     )
 
 
