@@ -150,6 +150,19 @@ def test_kl_warmup_starts_as_an_autoencoder():
     assert 0.3 < float(spread(half)) < 0.7 and 0.7 < float(spread(full)) < 1.3
 
 
+def test_displacement_scale_scales_what_e_vae_reads():
+    torch.manual_seed(0)
+    plain, scaled = NeuROK(TINY), NeuROK(replace(TINY, displacement_scale=30.0))
+    scaled.load_state_dict(plain.state_dict())
+    batch = make_batch()
+    with torch.no_grad():
+        mu, logvar = scaled.encode_deformation(batch["points"], batch["displacement"])
+        expected = plain.encode_deformation(batch["points"], 30.0 * batch["displacement"])
+        unscaled = plain.encode_deformation(batch["points"], batch["displacement"])
+    torch.testing.assert_close((mu, logvar), expected)
+    assert float((mu - unscaled[0]).abs().max()) > 1e-3  # the scale changes the posterior
+
+
 def test_chamfer_and_vertex_driving():
     a = torch.rand(1, 50, 3)
     assert chamfer(a, a)[0].item() == 0.0

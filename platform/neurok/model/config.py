@@ -41,6 +41,10 @@ class ModelConfig:
     shape_floor: float = (
         1e-3  # mean squared change of shape (normalised units) below which errors count absolutely
     )
+    # E_vae reads the displacement times this: at 1 it is 3 of E_vae's 54 input features, 0.01-0.05 in size
+    # against the Fourier features' 1, and Adam grows a weight by about lr per step (README, "The CVAE
+    # memorises a change of shape")
+    displacement_scale: float = 1.0
     fused_attention: bool = True  # encoders use fused SDPA; the decoder never does (torch.func, traps.md 1)
     # D's output per query: a displacement (the "w/o dual quaternion" ablation, s7.3), or a rigid motion
     # as a unit dual quaternion that moves the query, blended (DQB) at the mesh vertices (s9.2)

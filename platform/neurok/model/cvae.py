@@ -108,6 +108,7 @@ class NeuROK(nn.Module):
         self, points: torch.Tensor, displacement: torch.Tensor, dual_quaternion: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """E_vae: M0's points and the deformation at them -> posterior mean and log-variance (B, M, d)."""
+        displacement = displacement * self.cfg.displacement_scale
         features = displacement if dual_quaternion is None else torch.cat([displacement, dual_quaternion], -1)
         mu, logvar = self.posterior_head(self.vae_encoder(points, features)).chunk(2, dim=-1)
         return mu, logvar
