@@ -183,3 +183,15 @@ def test_limit_threads_reaches_torch_and_every_blas():
         assert torch.get_num_threads() == n
         assert any("scipy" in p["filepath"] for p in pools if p["user_api"] == "blas")
         assert {p["num_threads"] for p in pools if p["user_api"] == "blas"} == {n}
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_an_object_at_rest_with_nothing_acting_stays_at_rest(body, compiled):
+    """No gravity, force or velocity: round-off is not an energy error (it used to be 1 of the ~0 J in play,
+    and the rollout 'blew up')."""
+    cfg = SimulatorConfig(frames=10, stiffness=0.5, compiled=compiled)
+    quiet = Forcing.stack([Forcing.build(body.latent.num_vertices, dtype=F64)])
+    out = rollout(body, body.start(1), torch.zeros(1, body.dims, dtype=F64), cfg, quiet)
+    assert out.path == ("compiled" if compiled else "torch")
+    assert (out.vertices[0] - out.vertices[0, :1]).abs().max() < 1e-9
+    assert out.energy_drift().item() < 1e-6

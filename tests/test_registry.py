@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from neurok.cli.main import main
 from neurok.config import load_config
+from neurok.errors import BadInputError
 from neurok.eval.config import SimulateConfig
 from neurok.model.checkpoint import read_checkpoint
 from neurok.track.registry import CHALLENGER, CHAMPION, RegistryConfig, promote, register
@@ -46,14 +47,15 @@ GOOD = {"test/chamfer_l1": 0.10, "test/ik_chamfer_l1": 0.12, "test/energy_drift"
 
 def mesh_input(subdivisions: int) -> dict:
     mesh = trimesh.creation.icosphere(subdivisions=subdivisions, radius=0.3)
-    return {
-        "vertices": np.asarray(mesh.vertices, np.float64),
-        "faces": np.asarray(mesh.faces, np.int64),
-        "gravity": np.array([0.0, -0.1, 0.0]),  # gentle: a model trained for seconds is nearly rigid
-        "initial_velocity": np.array([0.01, 0.0, 0.0]),
-        "pokes": np.array([[0.3, 0.0, 0.0, -0.02, 0.0, 0.0, 0.0, 0.05]]),
-        "drags": np.array([[0.0, 0.3, 0.0, 0.0, 0.002, 0.0, 0.0, 0.1]]),
-    }
+    return {"vertices": np.asarray(mesh.vertices, np.float64), "faces": np.asarray(mesh.faces, np.int64)}
+
+
+CONDITIONS = {
+    "gravity": [0.0, -0.1, 0.0],  # gentle: a model trained for seconds is nearly rigid
+    "initial_velocity": [0.01, 0.0, 0.0],
+    "pokes": [0.3, 0.0, 0.0, -0.02, 0.0, 0.0, 0.0, 0.05],
+    "drags": [0.0, 0.3, 0.0, 0.0, 0.002, 0.0, 0.0, 0.1],
+}
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +97,28 @@ def test_predict_any_vertex_count(registry):
     model = mlflow.pyfunc.load_model("models:/neurok@champion", dst_path=str(registry["tmp"] / "champion"))
     for subdivisions in (1, 2):  # 42 and 162 vertices
         inputs = mesh_input(subdivisions)
-        out = model.predict(inputs, params={"frames": 3, "integrator": "rk4"})
+        out = model.predict(inputs, params={"frames": 3, "integrator": "rk4", **CONDITIONS})
         assert out["vertices"].shape == (4, len(inputs["vertices"]), 3)
         assert out["kinetic"].shape == out["potential"].shape == (4,)
         assert np.isfinite(out["vertices"]).all()
         np.testing.assert_allclose(out["vertices"][0], inputs["vertices"], atol=0.05)  # starts at the mesh
     meta = model.metadata
     assert meta.signature.params.to_dict()[0]["name"] == "frames"
+    assert meta.signature.inputs.input_names() == ["vertices", "faces"]
     assert meta.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.model"  # a pyfunc, not pt2
+
+
+def test_predict_conditions_are_optional_and_act(registry):
+    (registry["tmp"] / "optional").mkdir()
+    model = mlflow.pyfunc.load_model("models:/neurok@champion", dst_path=str(registry["tmp"] / "optional"))
+    mesh = mesh_input(1)
+    still = model.predict(mesh, params={"frames": 3})  # no gravity, velocity, pokes or drags
+    assert np.abs(still["vertices"] - still["vertices"][:1]).max() < 1e-6  # stays where it was put
+    moving = model.predict(mesh, params={"frames": 3, "initial_velocity": [0.5, 0.0, 0.0]})
+    travel = (moving["vertices"][-1] - moving["vertices"][0]).mean(axis=0)
+    assert travel[0] > 0.01 and abs(travel[1]) < 0.1 * travel[0]  # the object moves along the velocity
+    with pytest.raises(BadInputError, match=r"params\.pokes: rows of 8 numbers expected, got 5"):
+        model.predict(mesh, params={"frames": 1, "pokes": [0.0] * 5})
 
 
 def test_worse_challenger_keeps_the_champion(registry, capsys):
@@ -145,11 +161,10 @@ def test_pull_loads_in_a_fresh_process(registry, capsys):
     code = (
         "import sys, json, numpy as np, mlflow, trimesh\n"
         "mesh = trimesh.creation.box(extents=(0.4, 0.2, 0.3)).subdivide()\n"  # never seen in training
-        "x = {'vertices': np.asarray(mesh.vertices, float), 'faces': np.asarray(mesh.faces, np.int64),\n"
-        "     'gravity': np.array([0, -0.1, 0.]), 'initial_velocity': np.zeros(3),\n"
-        "     'pokes': np.zeros((0, 8)), 'drags': np.zeros((0, 8))}\n"
+        "x = {'vertices': np.asarray(mesh.vertices, float), 'faces': np.asarray(mesh.faces, np.int64)}\n"
         "for uri in (sys.argv[1], 'models:/neurok@champion'):\n"  # downloads into the test's folder
-        "    out = mlflow.pyfunc.load_model(uri, dst_path=sys.argv[2]).predict(x, params={'frames': 2})\n"
+        "    model = mlflow.pyfunc.load_model(uri, dst_path=sys.argv[2])\n"
+        "    out = model.predict(x, params={'frames': 2, 'gravity': [0, -0.1, 0]})\n"
         "    print(json.dumps(list(out['vertices'].shape)))\n"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"]}
@@ -222,7 +237,7 @@ def test_serve_answers_http(registry):
             assert proc.poll() is None and time.time() < deadline, (registry["tmp"] / "serve.log").read_text()
             time.sleep(1)
         inputs = {k: v.tolist() for k, v in mesh_input(1).items()}
-        body = json.dumps({"inputs": inputs, "params": {"frames": 2}}).encode()
+        body = json.dumps({"inputs": inputs, "params": {"frames": 2, **CONDITIONS}}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
         )

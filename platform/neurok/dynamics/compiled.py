@@ -24,6 +24,9 @@ import numpy as np
 
 RIGID = 6
 TINY = np.finfo(np.float64).tiny
+# J: the energy in play below which an energy error is round-off (the object's mass is 1 kg: a speed of
+# 1.4 um/s). Without it an object at rest with nothing acting on it "blows up" on errors of 1e-30 J.
+ENERGY_FLOOR = 1e-12
 
 # cached: a fresh install compiles once, about a minute (simulator.warm_up). fastmath's reassociation
 # and fused multiply-adds let the loops over vertices and hidden units vectorise (a step 10-20% faster);
@@ -704,7 +707,7 @@ def run(mo, prm, pins, ground, loads, s0, v0, st):
             if code == OK:
                 T, V = energies(mo, prm, new)
                 error = T + V - kinetic[0] - potential[0] - new.work
-                value = abs(error) / (max(peak, T) + abs(new.work) + TINY)
+                value = abs(error) / (max(peak, T) + abs(new.work) + ENERGY_FLOOR)
                 if not value <= st.max_energy_error:
                     code = ENERGY
             if code == OK:

@@ -34,10 +34,11 @@ def relative_energy_error(kinetic: torch.Tensor, potential: torch.Tensor, work: 
     non-conservative forces: zero for exact dynamics.
 
     The scale is the energy in play (the peak kinetic energy of a free oscillation), not E_0 itself,
-    which depends on where gravity's zero is.
+    which depends on where gravity's zero is; it is at least compiled.ENERGY_FLOOR, below which errors are
+    round-off.
     """
     error = kinetic + potential - (kinetic[..., :1] + potential[..., :1]) - work
-    scale = kinetic.cummax(dim=-1).values + work.abs() + torch.finfo(kinetic.dtype).tiny
+    scale = kinetic.cummax(dim=-1).values + work.abs() + compiled.ENERGY_FLOOR
     return error / scale
 
 

@@ -8,11 +8,16 @@ package, referenced by import; predict runs `neurok simulate`'s own simulate_mes
 
 This module sits at the top of the data flow (it uses eval), so nothing below eval imports it.
 
-    predict({"vertices": (V, 3), "faces": (F, 3), "gravity": (3,), "initial_velocity": (3,),
-             "pokes": rows of 8 [x y z  fx fy fz  t0 t1]    a force (N) near a point (m) during [t0, t1) s,
-             "drags": rows of 8 [x y z  dx dy dz  t0 t1]},  the region near a point moved by (dx, dy, dz) m
-            params={"frames": 60, "dt": 1/240, "integrator": "variational" | "rk4"})
+    predict({"vertices": (V, 3), "faces": (F, 3)},
+            params={"gravity": [gx, gy, gz], "initial_velocity": [vx, vy, vz],
+                    "pokes": [x y z  fx fy fz  t0 t1, ...]    a force (N) near a point (m) during [t0, t1) s
+                    "drags": [x y z  dx dy dz  t0 t1, ...]    the region near a point moved by (dx, dy, dz) m
+                    "frames": 60, "dt": 1/240, "integrator": "variational" | "rk4"})
       -> {"vertices": (frames + 1, V, 3), "time", "kinetic", "potential": (frames + 1,), "energy_drift": (1,)}
+
+Pokes and drags are flattened rows of 8; the conditions default to none. They are params, not inputs,
+because they are optional: MLflow 3.17 requires every tensor input of a signature (a TensorSpec has no
+`required`) and drops inputs the signature does not name, while params carry defaults.
 """
 
 from __future__ import annotations
@@ -60,17 +65,17 @@ def drag_as_pokes(vertices: np.ndarray, row: np.ndarray, radius: float) -> list[
     return [Poke((x, y, z), push, t0, mid), Poke((x, y, z), tuple(-f for f in push), mid, t1)]
 
 
-def _rows(inputs: dict, name: str) -> np.ndarray:
-    value = np.asarray(inputs.get(name, np.zeros((0, ROW))), np.float64)
+def _rows(params: dict, name: str) -> np.ndarray:
+    value = np.asarray(params.get(name) or [], np.float64)
     if value.size % ROW:
-        raise BadInputError(f"{name}: rows of {ROW} numbers expected, got shape {value.shape}")
+        raise BadInputError(f"params.{name}: rows of {ROW} numbers expected, got {value.size} numbers")
     return value.reshape(-1, ROW)
 
 
-def _vector(inputs: dict, name: str) -> tuple[float, float, float]:
-    value = np.asarray(inputs.get(name, np.zeros(3)), np.float64).reshape(-1)
+def _vector(params: dict, name: str) -> tuple[float, float, float]:
+    value = np.asarray(params.get(name) or [0.0, 0.0, 0.0], np.float64).reshape(-1)
     if value.shape != (3,):
-        raise BadInputError(f"{name}: expected 3 numbers (x, y, z), got shape {value.shape}")
+        raise BadInputError(f"params.{name}: expected 3 numbers (x, y, z), got {value.size}")
     return tuple(value.tolist())
 
 
@@ -87,12 +92,10 @@ class SimulatorPackage(mlflow.pyfunc.PythonModel):
             raise BadInputError(f"vertices and faces: (V, 3) and (F, 3), got {vertices.shape}, {faces.shape}")
         if len(vertices) > cfg.max_vertices:
             raise BadInputError(f"{len(vertices)} vertices: more than {cfg.max_vertices}; decimate the mesh")
-        pokes = [Poke(tuple(r[:3]), tuple(r[3:6]), r[6], r[7]) for r in _rows(model_input, "pokes").tolist()]
-        for row in _rows(model_input, "drags"):
+        pokes = [Poke(tuple(r[:3]), tuple(r[3:6]), r[6], r[7]) for r in _rows(params, "pokes").tolist()]
+        for row in _rows(params, "drags"):
             pokes += drag_as_pokes(vertices, row, cfg.poke_radius)
-        conditions = MeshConditions(
-            pokes, _vector(model_input, "gravity"), _vector(model_input, "initial_velocity")
-        )
+        conditions = MeshConditions(pokes, _vector(params, "gravity"), _vector(params, "initial_velocity"))
         sim = cfg.dynamics.simulator
         sim = dataclasses.replace(
             sim,
@@ -114,30 +117,23 @@ class SimulatorPackage(mlflow.pyfunc.PythonModel):
         }
 
 
-def example_input() -> dict[str, np.ndarray]:
-    """A tetrahedron poked at one corner: the signature's and the docs' example."""
-    return {
+def example_input() -> tuple[dict[str, np.ndarray], dict]:
+    """A tetrahedron poked at one corner for two frames: the signature's and the docs' example."""
+    mesh = {
         "vertices": np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float64) * 0.2,
         "faces": np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.int64),
-        "gravity": np.zeros(3),
-        "initial_velocity": np.zeros(3),
-        "pokes": np.array([[0.2, 0.0, 0.0, 0.0, 0.01, 0.0, 0.0, 0.05]]),
-        "drags": np.zeros((0, ROW)),
     }
+    return mesh, {"frames": 2, "pokes": [0.2, 0.0, 0.0, 0.0, 0.01, 0.0, 0.0, 0.05]}
 
 
 def signature(cfg: SimulateConfig) -> ModelSignature:
-    """Tensor inputs with free vertex and face counts; pokes and drags are ragged (rows of 8, maybe none),
-    which MLflow spells as a 1-D object tensor."""
+    """The mesh as tensor inputs with free vertex and face counts; the conditions and the rollout's settings
+    as params with defaults (the conditions none: pokes and drags flattened rows of 8)."""
     vector = (-1,)
     inputs = Schema(
         [
             TensorSpec(np.dtype(np.float64), (-1, 3), "vertices"),
             TensorSpec(np.dtype(np.int64), (-1, 3), "faces"),
-            TensorSpec(np.dtype(np.float64), vector, "gravity"),
-            TensorSpec(np.dtype(np.float64), vector, "initial_velocity"),
-            TensorSpec(np.dtype(object), vector, "pokes"),
-            TensorSpec(np.dtype(object), vector, "drags"),
         ]
     )
     outputs = Schema(
@@ -153,6 +149,10 @@ def signature(cfg: SimulateConfig) -> ModelSignature:
             ParamSpec("frames", "long", sim.frames),
             ParamSpec("dt", "double", sim.dt),
             ParamSpec("integrator", "string", str(sim.integrator)),
+            ParamSpec("gravity", "double", [0.0, 0.0, 0.0], vector),
+            ParamSpec("initial_velocity", "double", [0.0, 0.0, 0.0], vector),
+            ParamSpec("pokes", "double", [], vector),
+            ParamSpec("drags", "double", [], vector),
         ]
     )
     return ModelSignature(inputs, outputs, params)
@@ -190,7 +190,7 @@ def log_package(
             python_model=SimulatorPackage(),
             artifacts={Path(f).stem: str(tmp / f) for f in files},
             signature=signature(cfg),
-            input_example=(example_input(), {"frames": 2}),
+            input_example=example_input(),
             registered_model_name=registered_name,
             pip_requirements=requirements(),  # given, so MLflow skips a slow subprocess that infers them
             metadata={"dataset_content_hash": dataset.get("content_hash", "")},
