@@ -54,10 +54,15 @@ test-e2e: $(STAMP) ## end-to-end tests only: commands, Ray clusters and services
 lint: $(STAMP) ## ruff
 	.venv/bin/ruff check platform tests benchmarks k8s scripts
 
+faults: $(STAMP) ## the fault campaign: plant every fault, write its scoreboard to docs/reliability.md
+	mkdir -p outputs
+	$(PY) -m pytest -q tests/faults -m '' --junitxml=outputs/faults.xml -o junit_family=xunit1; \
+		$(PY) scripts/fault_scoreboard.py outputs/faults.xml docs/reliability.md
+
 bench: $(STAMP) ## benchmarks: JSON + markdown table under benchmarks/results/
 	$(PY) benchmarks/run.py
 
-.PHONY: help setup demo train eval mlflow-ui test test-full test-unit test-e2e lint bench
+.PHONY: help setup demo train eval mlflow-ui test test-full test-unit test-e2e lint faults bench
 
 # ---- deployment (issue 7): image, Kubernetes manifests, MLflow server -------------------------
 image: $(STAMP) ## container image: variant=gpu|cpu (needs a Docker engine; linted offline by make test)

@@ -26,3 +26,9 @@ class StoreError(BadInputError):
 
 class StoreLockedError(StoreError):
     """Another writer holds the store."""
+
+
+def require(ok: bool, key: str, value: object, rule: str) -> None:
+    """A ConfigError naming the key, its value and the rule it breaks, unless ok (configs' __post_init__)."""
+    if not ok:
+        raise ConfigError(f"{key}={value}: {rule}")

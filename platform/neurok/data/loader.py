@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from neurok.data import sampling
 from neurok.data.schema import INDEX_FIELDS, SPLITS
 from neurok.data.store import Store
-from neurok.errors import BadInputError
+from neurok.errors import BadInputError, require
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,11 @@ class LoaderConfig:
     start_method: str = "forkserver"  # forkserver | spawn
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "points", "queries", "vertices", "pairs_per_sequence", "prefetch"):
+            require(getattr(self, key) >= 1, f"data.{key}", getattr(self, key), "must be at least 1")
+        require(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be 0 or more")
 
 
 def _rng(*key: int) -> np.random.Generator:

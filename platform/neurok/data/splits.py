@@ -5,12 +5,19 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from neurok.errors import require
+
 
 @dataclass
 class SplitSpec:
     val: float = 0.1  # fraction of objects
     test: float = 0.1
     heldout_categories: list[str] = field(default_factory=list)  # whole categories kept out of training
+
+    def __post_init__(self) -> None:
+        for key in ("val", "test"):
+            require(0 <= getattr(self, key) < 1, f"splits.{key}", getattr(self, key), "must be in [0, 1)")
+        require(self.val + self.test < 1, "splits.val + splits.test", self.val + self.test, "must be below 1")
 
 
 def assign_split(object_key: str, category: str, spec: SplitSpec, seed: int) -> str:

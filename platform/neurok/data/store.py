@@ -166,7 +166,8 @@ class StoreWriter:
     """Writes loader shards into a store and keeps its index current. One writer per store.
 
     Use as a context manager: it takes the store's writer lock on entry and releases it on exit.
-    Opening an existing store resumes it: `completed_shards` tells which shards can be skipped.
+    Opening an existing store resumes it: `completed_shards` tells which shards can be skipped. A store this
+    writer created is removed again if it fails before committing a shard (nothing half-written is left).
     """
 
     def __init__(
@@ -179,16 +180,24 @@ class StoreWriter:
         self._commits: dict[int, dict] = {}
 
     def __enter__(self) -> StoreWriter:
+        fs, root = fsspec.url_to_fs(self.path)
+        self._fresh = not fs.exists(root)  # a failure before the first commit leaves no store behind
         self._lock.acquire()
         try:
             self._open()
         except BaseException:
-            self._lock.release()
+            self._release()
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
+        self._release(failed=kind is not None)
+
+    def _release(self, failed: bool = True) -> None:
         self._lock.release()
+        if failed and self._fresh and not self._commits:
+            fs, root = fsspec.url_to_fs(self.path)
+            fs.rm(root, recursive=True)
 
     def _open(self) -> None:
         exists = _store_exists(self.path)

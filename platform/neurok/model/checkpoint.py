@@ -43,7 +43,11 @@ def load_model(path: str | Path) -> NeuROK:
     except (KeyError, TypeError) as exc:
         raise BadInputError(f"{path}: not a NeuROK training checkpoint (missing {exc})") from None
     model = NeuROK(cfg)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # missing, unexpected or mis-sized weights: the first lines say which
+        detail = " ".join(str(exc).split("\n")[:2]).strip()
+        raise BadInputError(f"{path}: its weights do not fit its model config ({detail})") from None
     model.eval()
     model.requires_grad_(False)
     return model

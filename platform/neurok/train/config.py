@@ -8,7 +8,7 @@ from pathlib import Path
 
 from neurok.config import load_config
 from neurok.data.loader import LoaderConfig
-from neurok.errors import ConfigError
+from neurok.errors import ConfigError, require
 from neurok.model.config import ModelConfig
 
 
@@ -19,6 +19,13 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 2000
     final_lr_ratio: float = 0.01  # cosine decays to this fraction of lr at max_steps (ours)
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0, "optim.lr", self.lr, "must be positive")
+        require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be 0 or more")
+        require(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be 0 or more")
+        ratio = self.final_lr_ratio
+        require(0 < ratio <= 1, "optim.final_lr_ratio", ratio, "must be in (0, 1]")
 
 
 @dataclass
@@ -37,6 +44,11 @@ class TrainerConfig:
     progress_bar: bool = True
     plot_objects: int = 3  # validation objects in the reconstruction plot; 0 for none
     system_metrics: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "val_every_n_steps", "checkpoint_every_n_steps", "log_every_n_steps"):
+            require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "must be at least 1")
+        require(self.gradient_clip > 0, "trainer.gradient_clip", self.gradient_clip, "must be positive")
 
 
 @dataclass

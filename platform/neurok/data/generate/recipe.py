@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 
 from neurok.data.splits import SplitSpec
+from neurok.errors import require
 
 
 @dataclass
@@ -68,6 +69,15 @@ class Recipe:
     store: StoreSpec = field(default_factory=StoreSpec)
     workers: int = 2
     executor: str = "process"  # process | ray (later)
+
+    def __post_init__(self) -> None:
+        for key in ("objects", "sequences_per_object", "workers"):
+            require(getattr(self, key) >= 1, key, getattr(self, key), "must be at least 1")
+        require(self.frames >= 2, "frames", self.frames, "must be at least 2: a sequence is a motion")
+        require(self.fps > 0, "fps", self.fps, "must be positive")
+        require(self.target_vertices >= 4, "target_vertices", self.target_vertices, "must be at least 4")
+        for name, spec in self.types.items():
+            require(spec.weight >= 0, f"types.{name}.weight", spec.weight, "must be 0 or more")
 
 
 @dataclass
