@@ -315,6 +315,7 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(
     out, err = capsys.readouterr()
     err = out + err  # a check's report (data validate) goes to stdout
     record_property("stage", fault.stage)
+    record_property("outcome", "clear error, nothing changed")
     shown = next((line for line in err.splitlines() if "error:" in line), err.strip()[-240:])
     record_property("message", shown.replace(str(tmp_path), "<tmp>")[:240])
     assert "Traceback" not in err, err
