@@ -54,6 +54,13 @@ def sphere_obj(path: Path, edit: Callable[[str], str] = lambda text: text) -> st
     return write(path, edit(trimesh.exchange.obj.export_obj(mesh)))
 
 
+def big_ply(path: Path) -> str:
+    """A 163,842-vertex sphere: over the simulator's limit of 50,000."""
+    mesh = trimesh.creation.icosphere(subdivisions=7)
+    path.write_bytes(trimesh.exchange.ply.export_ply(mesh))
+    return str(path)
+
+
 def simulate(tmp: Path, mesh: str, *extra: str, model: str | None = None) -> list[str]:
     model = model or str(tiny_checkpoint(tmp / "model.ckpt"))
     return ["simulate", "--model", model, "--mesh", mesh, "--frames", "2", "--out", str(tmp / "sim"), *extra]
@@ -162,6 +169,7 @@ def empty_registry(tmp: Path, command: list[str]) -> list[str]:
     return command
 
 
+FIRST_FACE = re.compile(r"^f .*\n", re.M)  # a face given twice: its edges have three faces each
 NAN_VERTEX = lambda text: text.replace("v ", "v nan ", 1).replace("v nan ", "v nan 0 0\nv ", 1)  # noqa: E731
 
 
@@ -234,6 +242,19 @@ FAULTS = [
         lambda t: simulate(t, sphere_obj(t / "m.obj", lambda s: s + "f 1 2 999\n")),
         r"m\.obj",
     ),
+    Fault(
+        "vertices in no face",
+        "mesh",
+        lambda t: simulate(t, sphere_obj(t / "m.obj", lambda s: s + "v 5 5 5\n")),
+        r"m\.obj: 1 vertices .* in no face",
+    ),
+    Fault(
+        "edges shared by three faces",
+        "mesh",
+        lambda t: simulate(t, sphere_obj(t / "m.obj", lambda s: s + FIRST_FACE.search(s).group(0))),
+        r"m\.obj: not manifold",
+    ),
+    Fault("mesh over the vertex limit", "mesh", lambda t: simulate(t, big_ply(t / "m.ply")), r"max_vertices"),
     Fault("unsupported mesh format", "mesh", lambda t: simulate(t, write(t / "m.xyz", "0 0 0\n")), r"m\.xyz"),
     Fault(
         "bad poke syntax", "mesh", lambda t: simulate(t, sphere_obj(t / "m.obj"), "--poke", "1,2:3"), r"poke"

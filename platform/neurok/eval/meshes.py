@@ -12,7 +12,8 @@ FORMATS = (".obj", ".ply", ".glb")
 
 
 def check_mesh(vertices: np.ndarray, faces: np.ndarray, name: str, max_vertices: int) -> None:
-    """Refuse an empty, non-finite, oversized, flat-to-a-point or non-manifold mesh, naming the fault."""
+    """Refuse an empty, non-finite, oversized, flat-to-a-point or non-manifold mesh, or one with vertices in
+    no face, naming the fault."""
     if len(vertices) == 0 or len(faces) == 0:
         raise BadInputError(f"{name}: the mesh is empty ({len(vertices)} vertices, {len(faces)} faces)")
     if not np.isfinite(vertices).all():
@@ -24,6 +25,12 @@ def check_mesh(vertices: np.ndarray, faces: np.ndarray, name: str, max_vertices:
         )
     if faces.min() < 0 or faces.max() >= len(vertices):
         raise BadInputError(f"{name}: face indices must lie in [0, {len(vertices)})")
+    unused = np.setdiff1d(np.arange(len(vertices)), faces)
+    if len(unused):
+        raise BadInputError(
+            f"{name}: {len(unused)} vertices (vertex {int(unused[0])} first) are in no face; remove them: "
+            "they would move the mesh's normalisation (its bounding box) without being simulated"
+        )
     if np.ptp(vertices, axis=0).max() <= 0:
         raise BadInputError(f"{name}: every vertex is at the same point")
     edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
