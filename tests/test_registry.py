@@ -119,6 +119,9 @@ def test_predict_conditions_are_optional_and_act(registry):
     assert travel[0] > 0.01 and abs(travel[1]) < 0.1 * travel[0]  # the object moves along the velocity
     with pytest.raises(BadInputError, match=r"params\.pokes: rows of 8 numbers expected, got 5"):
         model.predict(mesh, params={"frames": 1, "pokes": [0.0] * 5})
+    broken = {**mesh, "vertices": np.vstack([mesh["vertices"], [[np.nan, 0.0, 0.0]]])}
+    with pytest.raises(BadInputError, match=r"model_input: vertex 42 is NaN or Inf"):
+        model.predict(broken, params={"frames": 1})
 
 
 def test_worse_challenger_keeps_the_champion(registry, capsys):

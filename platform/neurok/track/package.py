@@ -40,6 +40,7 @@ from neurok.dynamics import region_near
 from neurok.dynamics.config import Integrator
 from neurok.errors import BadInputError
 from neurok.eval.config import SimulateConfig
+from neurok.eval.meshes import check_mesh
 from neurok.eval.rollout_files import MeshConditions, Poke, simulate_mesh
 from neurok.model.checkpoint import load_model, slim_checkpoint
 
@@ -90,8 +91,7 @@ class SimulatorPackage(mlflow.pyfunc.PythonModel):
         faces = np.asarray(model_input["faces"], np.int64)
         if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
             raise BadInputError(f"vertices and faces: (V, 3) and (F, 3), got {vertices.shape}, {faces.shape}")
-        if len(vertices) > cfg.max_vertices:
-            raise BadInputError(f"{len(vertices)} vertices: more than {cfg.max_vertices}; decimate the mesh")
+        check_mesh(vertices, faces, "model_input", cfg.max_vertices)
         pokes = [Poke(tuple(r[:3]), tuple(r[3:6]), r[6], r[7]) for r in _rows(params, "pokes").tolist()]
         for row in _rows(params, "drags"):
             pokes += drag_as_pokes(vertices, row, cfg.poke_radius)
