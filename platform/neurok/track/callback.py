@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
+from neurok.track.logger import UNREACHABLE
 from neurok.track.run import log_run_inputs
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,11 @@ class MlflowRunCallback(pl.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or self.figure is None:
             return
         fig = self.figure(pl_module)
-        MlflowClient(self.uri).log_figure(
-            self.run_id, fig, f"reconstructions/step_{trainer.global_step:07d}.png"
-        )
+        name = f"reconstructions/step_{trainer.global_step:07d}.png"
+        try:
+            MlflowClient(self.uri).log_figure(self.run_id, fig, name)
+        except UNREACHABLE as exc:  # a tracking-server outage must not stop training
+            log.warning("MLflow at %s: %s not logged (%s)", self.uri, name, str(exc).splitlines()[0][:200])
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._monitor is not None:

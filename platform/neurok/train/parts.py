@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import MLFlowLogger
 
 from neurok.config import to_dict, to_yaml
 from neurok.data.loader import FramePairDataModule
 from neurok.data.store import Store
 from neurok.errors import StoreError
-from neurok.track import MlflowRunCallback, dataset_fingerprint
+from neurok.track import MlflowRunCallback, PatientMlflowLogger, dataset_fingerprint
 from neurok.train.config import TrainConfig
 from neurok.train.examples import ReconstructionExamples
 from neurok.train.module import NeurokModule
@@ -95,7 +95,12 @@ def fit_parts(cfg: TrainConfig, uri: str, run_id: str, resumed: bool) -> FitPart
         gradient_clip_val=cfg.trainer.gradient_clip,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         enable_progress_bar=False,  # StepProgress counts the run's steps instead of an epoch's batches
-        logger=MLFlowLogger(experiment_name=cfg.experiment, run_id=run_id, tracking_uri=uri),
+        logger=PatientMlflowLogger(
+            experiment_name=cfg.experiment,
+            run_id=run_id,
+            tracking_uri=uri,
+            spill_dir=Path(cfg.output_dir) / "unsent-metrics",
+        ),
         enable_model_summary=False,
     )
     callbacks = [tracking, LearningRateMonitor("step")]
