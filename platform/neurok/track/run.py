@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from neurok.errors import BadInputError
+from neurok.track.logger import UNREACHABLE
+
+log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 BATCH = 100  # MLflow's limit on params per log_batch call
@@ -88,13 +92,17 @@ def log_run_inputs(uri: str, run_id: str, config: dict, config_yaml: str, datase
 
 
 def log_checkpoints(uri: str, run_id: str, checkpoints: dict[str, dict]) -> None:
-    """Checkpoints by reference, e.g. {"last": {"path", "step"}, "best": {"path", "score"}}."""
+    """Checkpoints by reference, e.g. {"last": {"path", "step"}, "best": {"path", "score"}}; a warning when
+    the tracking server does not answer (the checkpoints themselves are written)."""
     client = MlflowClient(uri)
     tags = [
         RunTag(f"checkpoint.{name}", str(info["path"]))
         for name, info in checkpoints.items()
         if info.get("path")
     ]
-    if tags:
-        client.log_batch(run_id, tags=tags)
-    client.log_text(run_id, json.dumps(checkpoints, indent=2, default=str), "checkpoints.json")
+    try:
+        if tags:
+            client.log_batch(run_id, tags=tags)
+        client.log_text(run_id, json.dumps(checkpoints, indent=2, default=str), "checkpoints.json")
+    except UNREACHABLE as exc:
+        log.warning("MLflow at %s: checkpoints %s not referenced in run %s (%s)", uri, tags, run_id, exc)
