@@ -35,7 +35,9 @@ def rows(xml: Path) -> list[dict]:
         fault = re.search(r"\[(.*)\]$", case.get("name", ""))
         found.append(
             {
-                "fault": fault.group(1) if fault else case.get("name", ""),
+                "fault": fault.group(1)
+                if fault
+                else case.get("name", "").removeprefix("test_").replace("_", " "),
                 "stage": props.get("stage", "?"),
                 "outcome": props.get("outcome", "passed") if failure is None else "FAILED",
                 "seconds": float(case.get("time", 0)),
