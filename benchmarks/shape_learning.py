@@ -12,8 +12,12 @@ summed change, rigid motion undone, the posterior mean), over all samples and pe
 
 0 or less: no change of shape reproduced. Writes benchmarks/results/shape_learning[NAME].json and .md.
 
+`arch=pointnet` trains a reference network instead of NeuROK, with no attention at all (`PointAutoencoder`):
+whether the data and the loss teach a change of shape to a plain autoencoder on the same batches.
+
 Usage: python benchmarks/shape_learning.py STORE [steps=300] [fixed=8] [lr=3e-4] [deformation_only=1]
-       [drop=multibody] [augment=1] [threads=2] [every=50] [name=NAME] [model.KEY=VALUE ...]
+       [drop=multibody] [augment=1] [threads=2] [every=50] [name=NAME] [arch=neurok|pointnet]
+       [model.KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sys
 import time
 
 import torch
+from torch import nn
 
 from common import write_results
 from neurok.config import load_config
@@ -29,12 +34,56 @@ from neurok.data.loader import AugmentConfig, LoaderConfig, make_loader
 from neurok.data.schema import OBJECT_TYPES
 from neurok.errors import BadInputError
 from neurok.model import ModelConfig, cvae_loss, shape_change_distances
+from neurok.model.layers import FourierEmbedding
 from neurok.model.losses import kl_ramp
 from neurok.train.config import OptimConfig, TrainerConfig
 from neurok.train.module import NeurokModule
 
 BASE = {"width": 128, "heads": 4, "tokens": 32, "latent_dim": 8, "encoder_depth": 3, "decoder_depth": 3}
 HELD_OUT = 2  # batches of new pairs (and of the validation split) the share is measured on
+
+
+class PointAutoencoder(nn.Module):
+    """A PointNet autoencoder (0.68M parameters): per-point MLPs of [Fourier(x), displacement] and of
+    Fourier(x), each max- and mean-pooled to a 128-d code (z and the shape's); an MLP decoder of
+    [Fourier(query), z, shape code] -> displacement. Returns what cvae_loss and `share` read (no KL)."""
+
+    def __init__(self, frequencies: int = 4, width: int = 256, code: int = 128):
+        super().__init__()
+
+        def pointnet(extra: int) -> nn.ModuleList:
+            mlp = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+            return nn.ModuleList(
+                [FourierEmbedding(frequencies, width, extra), mlp, nn.Linear(2 * width, code)]
+            )
+
+        self.deformation, self.shape = pointnet(3), pointnet(0)
+        self.query = FourierEmbedding(frequencies, width)
+        hidden = [nn.Linear(width + 2 * code, width)] + [nn.Linear(width, width) for _ in range(2)]
+        self.decoder = nn.Sequential(
+            *(m for layer in hidden for m in (layer, nn.GELU())), nn.Linear(width, 3)
+        )
+
+    @staticmethod
+    def encode(parts: nn.ModuleList, points: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        embed, mlp, head = parts
+        h = mlp(embed(points, extra))
+        return head(torch.cat([h.amax(dim=1), h.mean(dim=1)], dim=-1))
+
+    def forward(self, batch: dict, noise: float = 0.0) -> dict:
+        z = self.encode(self.deformation, batch["points"], batch["displacement"])
+        shape = self.encode(self.shape, batch["points"])
+        queries = batch["queries"]
+        codes = torch.cat([z, shape], dim=-1)[:, None].expand(-1, queries.shape[1], -1)
+        deformation = self.decoder(torch.cat([self.query(queries), codes], dim=-1))
+        zero = torch.zeros(len(queries), 1, 1)
+        return {
+            "deformation": deformation,
+            "motion": deformation,
+            "mu": zero,
+            "logvar": zero,
+            "mu_cond": zero,
+        }
 
 
 def batches(
@@ -78,6 +127,7 @@ def main(argv: list[str]) -> None:
     steps, fixed, every = (int(options.pop(k, d)) for k, d in (("steps", 300), ("fixed", 8), ("every", 50)))
     lr, drop, name = float(options.pop("lr", 3e-4)), options.pop("drop", None), options.pop("name", "")
     deformation_only = options.pop("deformation_only", "1") == "1"
+    arch = options.pop("arch", "neurok")
     augment = options.pop("augment", "1") == "1"
     torch.set_num_threads(int(options.pop("threads", 2)))
     torch.manual_seed(0)
@@ -86,6 +136,8 @@ def main(argv: list[str]) -> None:
         ModelConfig, None, overrides + [f"{k.removeprefix('model.')}={v}" for k, v in options.items()]
     )
     module = NeurokModule.from_configs(cfg, OptimConfig(lr=lr, warmup_steps=50), steps)
+    if arch == "pointnet":  # the same optimiser, schedule and loss, another network
+        module.model = PointAutoencoder()
     optimiser = module.configure_optimizers()
     optimiser, schedule = optimiser["optimizer"], optimiser["lr_scheduler"]["scheduler"]
     model = module.model
