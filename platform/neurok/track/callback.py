@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
-from neurok.track.logger import UNREACHABLE
+from neurok.track.logger import UNREACHABLE, reason
 from neurok.track.run import log_run_inputs
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class MlflowRunCallback(pl.Callback):
         try:
             MlflowClient(self.uri).log_figure(self.run_id, fig, name)
         except UNREACHABLE as exc:  # a tracking-server outage must not stop training
-            log.warning("MLflow at %s: %s not logged (%s)", self.uri, name, str(exc).splitlines()[0][:200])
+            log.warning("MLflow at %s: %s not logged (%s)", self.uri, name, reason(exc))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._monitor is not None:

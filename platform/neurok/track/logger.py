@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 # What an unreachable or failing server raises through the MLflow client (requests' errors are OSErrors)
 UNREACHABLE = (MlflowException, OSError)
+def reason(exc: BaseException) -> str:
+    """The first line of an MLflow client error, short enough for a warning (they carry whole tracebacks)."""
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
@@ -56,7 +61,7 @@ class PatientMlflowLogger(MLFlowLogger):
                     "MLflow at %s does not answer (%s): training goes on, and its metrics are kept and sent "
                     "when it answers",
                     self._tracking_uri,
-                    str(exc).splitlines()[0][:200],
+                    reason(exc),
                 )
             self.failed_at = time.monotonic()
             return False
@@ -85,6 +90,6 @@ class PatientMlflowLogger(MLFlowLogger):
             log.warning(
                 "MLflow at %s did not answer at the end (%s): run %s keeps its RUNNING status there",
                 self._tracking_uri,
-                str(exc).splitlines()[0][:200],
+                reason(exc),
                 self.run_id,
             )

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from neurok.errors import BadInputError
-from neurok.track.logger import UNREACHABLE
+from neurok.track.logger import UNREACHABLE, reason
 
 log = logging.getLogger(__name__)
 
@@ -105,4 +105,6 @@ def log_checkpoints(uri: str, run_id: str, checkpoints: dict[str, dict]) -> None
             client.log_batch(run_id, tags=tags)
         client.log_text(run_id, json.dumps(checkpoints, indent=2, default=str), "checkpoints.json")
     except UNREACHABLE as exc:
-        log.warning("MLflow at %s: checkpoints %s not referenced in run %s (%s)", uri, tags, run_id, exc)
+        log.warning(
+            "MLflow at %s: checkpoints %s not referenced in run %s (%s)", uri, tags, run_id, reason(exc)
+        )
