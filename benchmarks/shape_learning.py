@@ -13,10 +13,13 @@ summed change, rigid motion undone, the posterior mean), over all samples and pe
 0 or less: no change of shape reproduced. Writes benchmarks/results/shape_learning[NAME].json and .md.
 
 `arch=pointnet` trains a reference network instead of NeuROK, with no attention at all (`PointAutoencoder`):
-whether the data and the loss teach a change of shape to a plain autoencoder on the same batches.
+whether the data and the loss teach a change of shape to a plain autoencoder on the same batches; `pool=`
+its pooling (max+mean, max, mean). `arch=mlp-decoder` keeps NeuROK's encoders and puts the autoencoder's
+MLP decoder in place of D (`CodeDecoder`): which half stops the change of shape.
 
 Usage: python benchmarks/shape_learning.py STORE [steps=300] [fixed=8] [lr=3e-4] [deformation_only=1]
-       [drop=multibody] [augment=1] [threads=2] [every=50] [name=NAME] [arch=neurok|pointnet]
+       [drop=multibody] [augment=1] [threads=2] [every=50] [name=NAME] [arch=neurok|pointnet|mlp-decoder]
+       [pool=max+mean|max|mean]
        [model.KEY=VALUE ...]
 """
 
@@ -40,7 +43,42 @@ from neurok.train.config import OptimConfig, TrainerConfig
 from neurok.train.module import NeurokModule
 
 BASE = {"width": 128, "heads": 4, "tokens": 32, "latent_dim": 8, "encoder_depth": 3, "decoder_depth": 3}
-HELD_OUT = 2  # batches of new pairs (and of the validation split) the share is measured on
+HELD_OUT = 6  # batches of new pairs (and of the validation split) the share is measured on
+
+
+class PointNet(nn.Module):
+    """points (B, P, 3) [+ per-point features] -> a code (B, code): a per-point MLP of [Fourier(x), extra],
+    pooled over the points (`pool`: max+mean, max or mean), then a Linear."""
+
+    def __init__(self, frequencies: int, width: int, code: int, extra: int, pool: str = "max+mean"):
+        super().__init__()
+        self.pools = pool.split("+")
+        self.embed = FourierEmbedding(frequencies, width, extra)
+        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+        self.head = nn.Linear(len(self.pools) * width, code)
+
+    def forward(self, points: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.mlp(self.embed(points, extra))
+        return self.head(torch.cat([h.amax(dim=1) if p == "max" else h.mean(dim=1) for p in self.pools], -1))
+
+
+class CodeDecoder(nn.Module):
+    """D with no attention (`arch=mlp-decoder`): an MLP of [Fourier(query), the flattened z, the mean shape
+    token] -> displacement, with NeuROK's encoders kept."""
+
+    def __init__(self, cfg: ModelConfig, width: int = 256, code: int = 128):
+        super().__init__()
+        self.query = FourierEmbedding(4, width)
+        self.code = nn.Linear(cfg.tokens * cfg.latent_dim + cfg.width, 2 * code)
+        hidden = [nn.Linear(width + 2 * code, width)] + [nn.Linear(width, width) for _ in range(2)]
+        self.mlp = nn.Sequential(*(m for layer in hidden for m in (layer, nn.GELU())), nn.Linear(width, 3))
+
+    def features(self, queries: torch.Tensor) -> torch.Tensor:
+        return queries
+
+    def motion(self, z: torch.Tensor, shape_tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        code = self.code(torch.cat([z.flatten(1), shape_tokens.mean(dim=1)], dim=-1))
+        return self.mlp(torch.cat([self.query(queries), code[:, None].expand(-1, queries.shape[1], -1)], -1))
 
 
 class PointAutoencoder(nn.Module):
@@ -48,31 +86,18 @@ class PointAutoencoder(nn.Module):
     Fourier(x), each max- and mean-pooled to a 128-d code (z and the shape's); an MLP decoder of
     [Fourier(query), z, shape code] -> displacement. Returns what cvae_loss and `share` read (no KL)."""
 
-    def __init__(self, frequencies: int = 4, width: int = 256, code: int = 128):
+    def __init__(self, pool: str, frequencies: int = 4, width: int = 256, code: int = 128):
         super().__init__()
-
-        def pointnet(extra: int) -> nn.ModuleList:
-            mlp = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
-            return nn.ModuleList(
-                [FourierEmbedding(frequencies, width, extra), mlp, nn.Linear(2 * width, code)]
-            )
-
-        self.deformation, self.shape = pointnet(3), pointnet(0)
+        self.deformation, self.shape = (PointNet(frequencies, width, code, e, pool) for e in (3, 0))
         self.query = FourierEmbedding(frequencies, width)
         hidden = [nn.Linear(width + 2 * code, width)] + [nn.Linear(width, width) for _ in range(2)]
         self.decoder = nn.Sequential(
             *(m for layer in hidden for m in (layer, nn.GELU())), nn.Linear(width, 3)
         )
 
-    @staticmethod
-    def encode(parts: nn.ModuleList, points: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        embed, mlp, head = parts
-        h = mlp(embed(points, extra))
-        return head(torch.cat([h.amax(dim=1), h.mean(dim=1)], dim=-1))
-
     def forward(self, batch: dict, noise: float = 0.0) -> dict:
-        z = self.encode(self.deformation, batch["points"], batch["displacement"])
-        shape = self.encode(self.shape, batch["points"])
+        z = self.deformation(batch["points"], batch["displacement"])
+        shape = self.shape(batch["points"])
         queries = batch["queries"]
         codes = torch.cat([z, shape], dim=-1)[:, None].expand(-1, queries.shape[1], -1)
         deformation = self.decoder(torch.cat([self.query(queries), codes], dim=-1))
@@ -127,7 +152,7 @@ def main(argv: list[str]) -> None:
     steps, fixed, every = (int(options.pop(k, d)) for k, d in (("steps", 300), ("fixed", 8), ("every", 50)))
     lr, drop, name = float(options.pop("lr", 3e-4)), options.pop("drop", None), options.pop("name", "")
     deformation_only = options.pop("deformation_only", "1") == "1"
-    arch = options.pop("arch", "neurok")
+    arch, pool = options.pop("arch", "neurok"), options.pop("pool", "max+mean")
     augment = options.pop("augment", "1") == "1"
     torch.set_num_threads(int(options.pop("threads", 2)))
     torch.manual_seed(0)
@@ -137,7 +162,9 @@ def main(argv: list[str]) -> None:
     )
     module = NeurokModule.from_configs(cfg, OptimConfig(lr=lr, warmup_steps=50), steps)
     if arch == "pointnet":  # the same optimiser, schedule and loss, another network
-        module.model = PointAutoencoder()
+        module.model = PointAutoencoder(pool)
+    elif arch == "mlp-decoder":
+        module.model.decoder = CodeDecoder(cfg)
     optimiser = module.configure_optimizers()
     optimiser, schedule = optimiser["optimizer"], optimiser["lr_scheduler"]["scheduler"]
     model = module.model

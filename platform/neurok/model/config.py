@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from neurok.errors import ConfigError
+from neurok.errors import ConfigError, require
 
 DECODER_OUTPUTS = ("displacement", "dual_quaternion")
+VAE_ENCODERS = ("perceiver", "pointnet")
 
 
 @dataclass
@@ -45,12 +46,26 @@ class ModelConfig:
     # against the Fourier features' 1, and Adam grows a weight by about lr per step (README, "The CVAE
     # memorises a change of shape")
     displacement_scale: float = 1.0
+    # E_vae: a Perceiver (the paper's), or a PointNet pooled into the tokens (model/pointnet.py: the
+    # Perceiver's uniform first read passes no change of shape on)
+    vae_encoder: str = "perceiver"
+    # The flattened z, by one Linear, added to every query's read before the head: a route from the latent to
+    # each query that does not wait for the read's attention to become selective (ours)
+    global_latent: bool = False
+    head_layers: int = 1  # hidden layers (width, GELU) of the decoder's per-query head
     fused_attention: bool = True  # encoders use fused SDPA; the decoder never does (torch.func, traps.md 1)
     # D's output per query: a displacement (the "w/o dual quaternion" ablation, s7.3), or a rigid motion
     # as a unit dual quaternion that moves the query, blended (DQB) at the mesh vertices (s9.2)
     decoder_output: str = "displacement"
 
     def __post_init__(self) -> None:
+        require(
+            self.vae_encoder in VAE_ENCODERS,
+            "model.vae_encoder",
+            self.vae_encoder,
+            f"must be one of {', '.join(VAE_ENCODERS)}",
+        )
+        require(self.head_layers >= 1, "model.head_layers", self.head_layers, "must be at least 1")
         if self.decoder_output not in DECODER_OUTPUTS:
             raise ConfigError(
                 f"model.decoder_output: '{self.decoder_output}' is not one of {', '.join(DECODER_OUTPUTS)}"

@@ -23,6 +23,7 @@ from neurok.model import dual_quaternion
 from neurok.model.config import ModelConfig
 from neurok.model.layers import Block, FourierEmbedding
 from neurok.model.perceiver import PerceiverEncoder
+from neurok.model.pointnet import PointNetTokens
 
 DQ_FEATURES = 8
 DISPLACEMENT = 3
@@ -52,13 +53,10 @@ class Decoder(nn.Module):
         # The queries read the tokens with one cross-attention and no feed-forward, as 3DShape2VecSet's
         # decoder does: per-query compute is what a dense query set pays for. The MLP head is ours.
         self.read = Block(cfg.width, cfg.heads, 0, cross=True, fused=False)
+        self.latent_code = nn.Linear(cfg.tokens * cfg.latent_dim, cfg.width) if cfg.global_latent else None
         channels = dual_quaternion.HEAD_CHANNELS if self.output == "dual_quaternion" else DISPLACEMENT
-        self.head = nn.Sequential(
-            nn.LayerNorm(cfg.width),
-            nn.Linear(cfg.width, cfg.width),
-            nn.GELU(),
-            nn.Linear(cfg.width, channels),
-        )
+        hidden = [m for _ in range(cfg.head_layers) for m in (nn.Linear(cfg.width, cfg.width), nn.GELU())]
+        self.head = nn.Sequential(nn.LayerNorm(cfg.width), *hidden, nn.Linear(cfg.width, channels))
         nn.init.zeros_(self.head[-1].weight)  # ours: start from "no deformation" (both heads: zero is that)
         nn.init.zeros_(self.head[-1].bias)
 
@@ -73,7 +71,10 @@ class Decoder(nn.Module):
         x = torch.cat([shape_tokens, self.lift(z)], dim=1)
         for layer in self.layers:
             x = layer(x)
-        return self.head(self.read.read(features.embedded, features.heads, x))
+        read = self.read.read(features.embedded, features.heads, x)
+        if self.latent_code is not None:
+            read = read + self.latent_code(z.flatten(1))[:, None]
+        return self.head(read)
 
     def motion(self, z: torch.Tensor, shape_tokens: torch.Tensor, features: QueryFeatures) -> torch.Tensor:
         """Per-query motion (B, Q, 3 or 8) at the queries of `features` (see query_motion)."""
@@ -93,9 +94,9 @@ class NeuROK(nn.Module):
         self.cfg = cfg
         self.cond_encoder = PerceiverEncoder(cfg)  # E_cond
         self.prior_head = nn.Linear(cfg.width, cfg.latent_dim)
-        self.vae_encoder = PerceiverEncoder(
-            cfg, extra=3 + (DQ_FEATURES if cfg.dual_quaternion else 0)
-        )  # E_vae
+        extra = 3 + (DQ_FEATURES if cfg.dual_quaternion else 0)
+        encoder = PointNetTokens if cfg.vae_encoder == "pointnet" else PerceiverEncoder
+        self.vae_encoder = encoder(cfg, extra)  # E_vae
         self.posterior_head = nn.Linear(cfg.width, 2 * cfg.latent_dim)
         self.decoder = Decoder(cfg)  # D
 

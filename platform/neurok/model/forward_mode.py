@@ -105,8 +105,13 @@ def decode_with_tangents(
     k, v = _keys_values(_layer_norm(x, read.norm_context), read.attn.to_kv, read.attn.heads)
     y = _linear(_merge_heads(_attention(features.heads[None], k, v)), read.attn.out)
     y = torch.cat([y[:1] + features.embedded, y[1:]])
-    norm, hidden, _, out = decoder.head
-    return _linear(_gelu(_linear(_layer_norm(y, norm), hidden)), out)
+    if decoder.latent_code is not None:
+        y = y + _linear(z.flatten(1), decoder.latent_code)[:, None]
+    norm, *hidden, out = decoder.head
+    y = _layer_norm(y, norm)
+    for layer in hidden[::2]:  # (Linear, GELU) pairs
+        y = _gelu(_linear(y, layer))
+    return _linear(y, out)
 
 
 # The dual-quaternion head's construction (dual_quaternion.from_head) and its blending at the vertices
