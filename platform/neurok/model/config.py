@@ -31,8 +31,9 @@ class ModelConfig:
     dual_quaternion: bool = False  # E_vae also reads per-point dual quaternions of the local motion
     # Trained on frame pairs whose target has its best rigid motion onto the rest frame undone (Kabsch): the
     # latent would spend nothing on travel and turning, which IK and rollouts carry on their rigid frame
-    # (dynamics.rigid). Not yet trainable: the decoder memorises the shapes it sees repeatedly and reproduces
-    # none on new frame pairs, even with no KL term (README, "The CVAE memorises a change of shape"); off.
+    # (dynamics.rigid). With the Perceiver E_vae it does not train (README, "The CVAE memorises a change of
+    # shape"); with vae_encoder=pointnet and global_latent it learns the training objects' change of shape,
+    # not yet unseen objects' (README, "NeuROK learns a change of shape"); off.
     deformation_only: bool = False
     # Weight of a second reconstruction term on the change of shape: predicted and target query positions
     # each with its best rigid motion from the rest queries undone (geometry.in_rest_frame), the squared
