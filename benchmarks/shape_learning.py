@@ -19,7 +19,7 @@ MLP decoder in place of D (`CodeDecoder`): which half stops the change of shape.
 
 Usage: python benchmarks/shape_learning.py STORE [steps=300] [fixed=8] [lr=3e-4] [deformation_only=1]
        [drop=multibody] [augment=1] [threads=2] [every=50] [name=NAME] [arch=neurok|pointnet|mlp-decoder]
-       [pool=max+mean|max|mean]
+       [pool=max+mean|max|mean] [shape=1|0]
        [model.KEY=VALUE ...]
 """
 
@@ -84,22 +84,27 @@ class CodeDecoder(nn.Module):
 class PointAutoencoder(nn.Module):
     """A PointNet autoencoder (0.68M parameters): per-point MLPs of [Fourier(x), displacement] and of
     Fourier(x), each max- and mean-pooled to a 128-d code (z and the shape's); an MLP decoder of
-    [Fourier(query), z, shape code] -> displacement. Returns what cvae_loss and `share` read (no KL)."""
+    [Fourier(query), z, shape code] -> displacement. Returns what cvae_loss and `share` read (no KL).
+    Without `shape_code` the decoder reads [Fourier(query), z] alone (`shape=0`)."""
 
-    def __init__(self, pool: str, frequencies: int = 4, width: int = 256, code: int = 128):
+    def __init__(
+        self, pool: str, shape_code: bool = True, frequencies: int = 4, width: int = 256, code: int = 128
+    ):
         super().__init__()
-        self.deformation, self.shape = (PointNet(frequencies, width, code, e, pool) for e in (3, 0))
+        self.deformation = PointNet(frequencies, width, code, 3, pool)
+        self.shape = PointNet(frequencies, width, code, 0, pool) if shape_code else None
         self.query = FourierEmbedding(frequencies, width)
-        hidden = [nn.Linear(width + 2 * code, width)] + [nn.Linear(width, width) for _ in range(2)]
+        codes = 2 if shape_code else 1
+        hidden = [nn.Linear(width + codes * code, width)] + [nn.Linear(width, width) for _ in range(2)]
         self.decoder = nn.Sequential(
             *(m for layer in hidden for m in (layer, nn.GELU())), nn.Linear(width, 3)
         )
 
     def forward(self, batch: dict, noise: float = 0.0) -> dict:
         z = self.deformation(batch["points"], batch["displacement"])
-        shape = self.shape(batch["points"])
+        shape = [self.shape(batch["points"])] if self.shape is not None else []
         queries = batch["queries"]
-        codes = torch.cat([z, shape], dim=-1)[:, None].expand(-1, queries.shape[1], -1)
+        codes = torch.cat([z, *shape], dim=-1)[:, None].expand(-1, queries.shape[1], -1)
         deformation = self.decoder(torch.cat([self.query(queries), codes], dim=-1))
         zero = torch.zeros(len(queries), 1, 1)
         return {
@@ -153,6 +158,7 @@ def main(argv: list[str]) -> None:
     lr, drop, name = float(options.pop("lr", 3e-4)), options.pop("drop", None), options.pop("name", "")
     deformation_only = options.pop("deformation_only", "1") == "1"
     arch, pool = options.pop("arch", "neurok"), options.pop("pool", "max+mean")
+    shape_code = options.pop("shape", "1") == "1"
     augment = options.pop("augment", "1") == "1"
     torch.set_num_threads(int(options.pop("threads", 2)))
     torch.manual_seed(0)
@@ -162,7 +168,7 @@ def main(argv: list[str]) -> None:
     )
     module = NeurokModule.from_configs(cfg, OptimConfig(lr=lr, warmup_steps=50), steps)
     if arch == "pointnet":  # the same optimiser, schedule and loss, another network
-        module.model = PointAutoencoder(pool)
+        module.model = PointAutoencoder(pool, shape_code)
     elif arch == "mlp-decoder":
         module.model.decoder = CodeDecoder(cfg)
     optimiser = module.configure_optimizers()

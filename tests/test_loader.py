@@ -19,7 +19,7 @@ from neurok.data.loader import (
     make_loader,
 )
 from neurok.data.store import Store
-from neurok.errors import BadInputError
+from neurok.errors import BadInputError, ConfigError
 from neurok.geometry import without_rigid_motion
 from test_loader_stores import write_store
 
@@ -220,6 +220,18 @@ def test_surface_samples_are_uniform_by_area_on_each_mesh():
         np.testing.assert_allclose(share, [0.75, 0.25], atol=0.013)
     assert (bary >= 0).all() and np.allclose(bary.sum(-1), 1, atol=1e-6)
     np.testing.assert_allclose(bary.reshape(-1, 3).mean(axis=0), [1 / 3] * 3, atol=0.003)
+
+
+def test_from_rest_starts_that_share_of_training_pairs_at_frame_0(store):
+    default = [b["frames"] for b in make_loader(config(store))]
+    assert keys(make_loader(config(store, from_rest=0.0))) == keys(make_loader(config(store)))
+    every = torch.cat([b["frames"] for b in make_loader(config(store, from_rest=1.0))])
+    assert (every[:, 0] == 0).all() and (every[:, 1] > 0).all()
+    half = torch.cat([b["frames"] for b in make_loader(config(store, from_rest=0.5))])
+    at_rest = float((half[:, 0] == 0).float().mean())
+    assert len(half) == len(torch.cat(default)) and 0.3 < at_rest < 0.7, at_rest
+    with pytest.raises(ConfigError, match=r"data.from_rest=1.5: must be in \[0, 1\]"):
+        config(store, from_rest=1.5)
 
 
 def test_interpolation_over_stacked_meshes_matches_one_mesh_at_a_time():
