@@ -32,8 +32,8 @@ class ModelConfig:
     # Trained on frame pairs whose target has its best rigid motion onto the rest frame undone (Kabsch): the
     # latent would spend nothing on travel and turning, which IK and rollouts carry on their rigid frame
     # (dynamics.rigid). With the Perceiver E_vae it does not train (README, "The CVAE memorises a change of
-    # shape"); with vae_encoder=pointnet and global_latent it learns the training objects' change of shape,
-    # not yet unseen objects' (README, "NeuROK learns a change of shape"); off.
+    # shape"); with vae_encoder=pointnet, global_latent and data.from_rest it learns a change of shape that
+    # carries to unseen objects, so far the multibody chains' (README, "From the rest state"); off.
     deformation_only: bool = False
     # Weight of a second reconstruction term on the change of shape: predicted and target query positions
     # each with its best rigid motion from the rest queries undone (geometry.in_rest_frame), the squared

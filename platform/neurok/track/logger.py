@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # What an unreachable or failing server raises through the MLflow client (requests' errors are OSErrors)
 UNREACHABLE = (MlflowException, OSError)
+
+
 def reason(exc: BaseException) -> str:
     """The first line of an MLflow client error, short enough for a warning (they carry whole tracebacks)."""
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
