@@ -18,7 +18,7 @@ from neurok.model.losses import kl_ramp
 torch.set_num_threads(1)
 
 TINY = ModelConfig(width=32, heads=4, tokens=8, latent_dim=4, encoder_depth=1, decoder_depth=1)
-# The routes that let a change of shape through (README, "The deformation encoder")
+# The routes that let a change of shape through (README, "NeuROK learns a change of shape")
 ROUTES = {"vae_encoder": "pointnet", "global_latent": True, "head_layers": 3, "frequencies": 4}
 
 
