@@ -39,27 +39,12 @@ from neurok.errors import BadInputError
 from neurok.model import ModelConfig, cvae_loss, shape_change_distances
 from neurok.model.layers import FourierEmbedding
 from neurok.model.losses import kl_ramp
+from neurok.model.pointnet import PointNet
 from neurok.train.config import OptimConfig, TrainerConfig
 from neurok.train.module import NeurokModule
 
 BASE = {"width": 128, "heads": 4, "tokens": 32, "latent_dim": 8, "encoder_depth": 3, "decoder_depth": 3}
 HELD_OUT = 6  # batches of new pairs (and of the validation split) the share is measured on
-
-
-class PointNet(nn.Module):
-    """points (B, P, 3) [+ per-point features] -> a code (B, code): a per-point MLP of [Fourier(x), extra],
-    pooled over the points (`pool`: max+mean, max or mean), then a Linear."""
-
-    def __init__(self, frequencies: int, width: int, code: int, extra: int, pool: str = "max+mean"):
-        super().__init__()
-        self.pools = pool.split("+")
-        self.embed = FourierEmbedding(frequencies, width, extra)
-        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
-        self.head = nn.Linear(len(self.pools) * width, code)
-
-    def forward(self, points: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.mlp(self.embed(points, extra))
-        return self.head(torch.cat([h.amax(dim=1) if p == "max" else h.mean(dim=1) for p in self.pools], -1))
 
 
 class CodeDecoder(nn.Module):

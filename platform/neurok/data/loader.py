@@ -340,10 +340,9 @@ class FramePairStream(IterableDataset):
         if not self.cfg.augment.frame_order:
             pairs.sort(axis=1)
         if self.cfg.from_rest > 0:  # drawn only when on, so the default's pairs are the same as before
-            from_rest = rng.random(len(n_frames)) < self.cfg.from_rest
-            pairs[from_rest] = np.stack([np.zeros_like(n_frames), rng.integers(1, n_frames)], axis=1)[
-                from_rest
-            ]
+            at_rest = rng.random(len(n_frames)) < self.cfg.from_rest
+            pairs[at_rest, 0] = 0
+            pairs[at_rest, 1] = rng.integers(1, n_frames[at_rest])
         return pairs
 
     def make_samples(

@@ -18,20 +18,31 @@ from neurok.model.config import ModelConfig
 from neurok.model.layers import FourierEmbedding
 
 
+class PointNet(nn.Module):
+    """points (B, P, 3) [+ per-point features] -> a code (B, code): a per-point MLP of [Fourier(x), extra],
+    pooled over the points (`pool`: max+mean, max or mean), then a Linear."""
+
+    def __init__(self, frequencies: int, width: int, code: int, extra: int = 0, pool: str = "max+mean"):
+        super().__init__()
+        self.pools = pool.split("+")
+        self.embed = FourierEmbedding(frequencies, width, extra)
+        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+        self.head = nn.Linear(len(self.pools) * width, code)
+
+    def forward(self, points: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.mlp(self.embed(points, extra))
+        return self.head(torch.cat([h.amax(dim=1) if p == "max" else h.mean(dim=1) for p in self.pools], -1))
+
+
 class PointNetTokens(nn.Module):
-    """points (B, P, 3) + per-point features (B, P, extra) -> tokens (B, M, width)."""
+    """points (B, P, 3) + per-point features (B, P, extra) -> tokens (B, M, width): a PointNet code of
+    M x width numbers, one row per token."""
 
     def __init__(self, cfg: ModelConfig, extra: int):
         super().__init__()
         self.tokens, self.width = cfg.tokens, cfg.width
-        self.embed = FourierEmbedding(cfg.frequencies, cfg.width, extra)
-        self.mlp = nn.Sequential(
-            nn.GELU(), nn.Linear(cfg.width, cfg.width), nn.GELU(), nn.Linear(cfg.width, cfg.width)
-        )
-        self.split = nn.Linear(2 * cfg.width, cfg.tokens * cfg.width)
+        self.net = PointNet(cfg.frequencies, cfg.width, cfg.tokens * cfg.width, extra)
         self.norm = nn.LayerNorm(cfg.width)  # as the Perceiver's tokens end (at lr 1e-3 it diverged without)
 
     def forward(self, points: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.mlp(self.embed(points, features))
-        code = torch.cat([h.amax(dim=1), h.mean(dim=1)], dim=-1)
-        return self.norm(self.split(code).view(-1, self.tokens, self.width))
+        return self.norm(self.net(points, features).view(-1, self.tokens, self.width))
