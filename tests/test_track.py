@@ -59,6 +59,10 @@ def test_train_cli_run_in_mlflow(tmp_path, monkeypatch, capsys):
     shares = [m.value for m in client.get_metric_history(run.info.run_id, "val/shape_share")]
     assert len(shares) == 2 and all(-10 < s < 1 for s in shares)  # over the whole validation set, each time
     assert f"val/shape_share: {shares[-1]:.5f}" in printed
+    opened = Store(store)
+    val_types = {opened.object_type_of(i) for i in range(len(opened.index)) if opened.split_of(i) == "val"}
+    typed = {k.rsplit("/", 1)[1] for k in run.data.metrics if k.startswith("val/shape_share/")}
+    assert typed == val_types != set()  # one share per object type the validation split holds
     for key in (
         "latent/explained_own",
         "latent/explained_shuffled",

@@ -10,6 +10,7 @@ from dataclasses import asdict
 import lightning.pytorch as pl
 import torch
 
+from neurok.data.schema import OBJECT_TYPES
 from neurok.model import ModelConfig, NeuROK, cvae_loss, reconstruction_metrics, shape_change_distances
 from neurok.model.diagnostics import latent_diagnostics
 from neurok.model.losses import kl_ramp
@@ -31,7 +32,8 @@ class NeurokModule(pl.LightningModule):
         self.model = NeuROK(ModelConfig(**model))
         self.optim = OptimConfig(**optim)
         self.max_steps = max_steps
-        self.shape_sums = torch.zeros(2)  # validation: summed shape error and change (val/shape_share)
+        # validation: summed shape error and change per object type (val/shape_share)
+        self.shape_sums = torch.zeros(len(OBJECT_TYPES), 2)
 
     @classmethod
     def from_configs(cls, model: ModelConfig, optim: OptimConfig, max_steps: int) -> NeurokModule:
@@ -54,7 +56,9 @@ class NeurokModule(pl.LightningModule):
         error, change = shape_change_distances(
             batch["queries"], out["deformation"].float(), batch["query_displacement"]
         )
-        self.shape_sums = self.shape_sums.to(error.device) + torch.stack([error.sum(), change.sum()])
+        self.shape_sums = self.shape_sums.to(error.device).index_add(
+            0, batch["object_type"], torch.stack([error, change], dim=1).to(self.shape_sums.dtype)
+        )
         self.log("val/loss", values.pop("loss"), prog_bar=True, sync_dist=True, batch_size=size)
         self.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True, batch_size=size)
         if batch_idx == 0 and self.trainer.is_global_zero:  # the first batch is enough to see latent use
@@ -66,11 +70,16 @@ class NeurokModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         """val/shape_share: 1 - summed shape error / summed change of shape over the whole validation set
         (all ranks): the share of the change of shape the posterior mean reproduces, which travel (most of
-        a falling object's displacement, and of val/mse) cannot fake."""
-        error, change = self.all_gather(self.shape_sums).reshape(-1, 2).sum(dim=0)
+        a falling object's displacement, and of val/mse) cannot fake. val/shape_share/<type> is the same
+        per object type, since the multibody chains' large changes dominate the overall share."""
+        sums = self.all_gather(self.shape_sums).reshape(-1, len(OBJECT_TYPES), 2).sum(dim=0)
         self.shape_sums = torch.zeros_like(self.shape_sums)
+        error, change = sums.sum(dim=0)
         if change > 0:
             self.log("val/shape_share", 1.0 - error / change)  # the same on every rank
+        for name, (error, change) in zip(OBJECT_TYPES, sums):
+            if change > 0:
+                self.log(f"val/shape_share/{name}", 1.0 - error / change)
 
     def configure_optimizers(self):
         named = list(self.named_parameters())
