@@ -81,6 +81,7 @@ def test_decode_is_pure_and_differentiable_forward_mode():
     [
         ("displacement", {}),
         ("dual_quaternion", {}),
+        ("dual_quaternion", ROUTES),
         ("displacement", ROUTES),
     ],
 )
