@@ -103,12 +103,10 @@ tune: $(STAMP) datasets/out/default.zarr ## Ray Tune sweep, best trial registere
 .PHONY: tune
 
 # ---- the science table (issue 14): NeuROK against PCA and retrieval on unseen objects and categories ----
-# A fixed number of steps, not minutes, so the table does not depend on the machine's speed or load.
-SCIENCE_TRAIN := run_name=science data.store=datasets/out/science.zarr data.batch_size=64 \
-	trainer.max_steps=2000 trainer.max_minutes=0 trainer.threads=$(or $(threads),2) data.num_workers=1
-
+# A fixed number of steps, not minutes (pipelines/train-science.yaml), so the table does not depend on the
+# machine's speed or load.
 science: $(STAMP) datasets/out/science.zarr ## train on the science recipe (2000 steps x 64) and write outputs/science/summary.md
-	$(NEUROK) train pipelines/train.yaml $(SCIENCE_TRAIN) $(args)
+	$(NEUROK) train pipelines/train-science.yaml $(if $(threads),trainer.threads=$(threads)) $(args)
 	$(NEUROK) eval --config pipelines/science.yaml --model outputs/runs/science/checkpoints/last.ckpt \
 		--data datasets/out/science.zarr
 

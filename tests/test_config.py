@@ -88,7 +88,7 @@ def _schema_loaders():
     return [
         ("datasets/*.yaml", lambda p: load_config(Recipe, p)),
         ("pipelines/model/*.yaml", lambda p: load_config(TrainConfig, p)),
-        ("pipelines/{train,smoke,cluster-local,cluster-gpu}.yaml", load_train_config),
+        ("pipelines/{train,train-science,smoke,cluster-local,cluster-gpu}.yaml", load_train_config),
         ("pipelines/{eval,science}.yaml", lambda p: load_config(EvalConfig, p)),
         ("pipelines/simulate.yaml", lambda p: load_config(SimulateConfig, p)),
         ("pipelines/registry.yaml", lambda p: load_config(RegistryConfig, p)),
