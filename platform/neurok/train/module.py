@@ -77,7 +77,7 @@ class NeurokModule(pl.LightningModule):
         error, change = sums.sum(dim=0)
         if change > 0:
             self.log("val/shape_share", 1.0 - error / change)  # the same on every rank
-        for name, (error, change) in zip(OBJECT_TYPES, sums):
+        for name, (error, change) in zip(OBJECT_TYPES, sums, strict=True):
             if change > 0:
                 self.log(f"val/shape_share/{name}", 1.0 - error / change)
 
