@@ -83,6 +83,7 @@ def test_decode_is_pure_and_differentiable_forward_mode():
         ("dual_quaternion", {}),
         ("dual_quaternion", ROUTES),
         ("displacement", ROUTES),
+        ("displacement", {**ROUTES, "linear_basis": 5}),
     ],
 )
 def test_hand_written_forward_mode_matches_jacfwd(decoder_output, route):
@@ -114,6 +115,24 @@ def test_hand_written_forward_mode_matches_jacfwd(decoder_output, route):
     torch.testing.assert_close(out[1:].permute(1, 2, 0), J, rtol=1e-10, atol=1e-12)
 
 
+def test_linear_basis_adds_a_displacement_linear_in_z():
+    """With the nonlinear head silenced, D is exactly linear in z: D(a z1 + b z2) = a D(z1) + b D(z2), D(0)
+    = 0; the basis depends on the object (other shape tokens, another basis); and an untrained model starts
+    from no deformation."""
+    torch.manual_seed(2)
+    model = NeuROK(replace(TINY, linear_basis=6)).double()
+    queries = torch.rand(1, 30, 3, dtype=torch.float64) - 0.5
+    tokens = torch.randn(2, TINY.tokens, TINY.width, dtype=torch.float64)
+    z1, z2 = torch.randn(2, 1, TINY.tokens, TINY.latent_dim, dtype=torch.float64)
+    assert model.decoder(z1, tokens[:1], queries).abs().max() == 0  # zero coefficients at the start
+    torch.nn.init.normal_(model.decoder.basis.coefficients.weight, std=0.3)
+    decode = lambda z, t=tokens[:1]: model.decoder(z, t, queries)  # noqa: E731
+    assert decode(torch.zeros_like(z1)).abs().max() == 0
+    torch.testing.assert_close(decode(2 * z1 - 3 * z2), 2 * decode(z1) - 3 * decode(z2))
+    assert decode(z1).abs().max() > 1e-2
+    assert (decode(z1, tokens[1:]) - decode(z1)).abs().max() > 1e-3
+
+
 def test_pointnet_encoder_is_blind_to_point_order_and_sees_the_displacement():
     torch.manual_seed(0)
     model = NeuROK(replace(TINY, **ROUTES))
@@ -132,6 +151,8 @@ def test_model_config_names_a_bad_route():
         ConfigError, match="model.vae_encoder=transformer: must be one of perceiver, pointnet"
     ):
         ModelConfig(vae_encoder="transformer")
+    with pytest.raises(ConfigError, match="model.linear_basis=4: adds displacements"):
+        ModelConfig(linear_basis=4, decoder_output="dual_quaternion")
     with pytest.raises(ConfigError, match="model.head_layers=0"):
         ModelConfig(head_layers=0)
 
@@ -211,7 +232,13 @@ def test_chamfer_and_vertex_driving():
 
 
 @pytest.mark.parametrize(
-    "decoder_output, route", [("displacement", {}), ("dual_quaternion", {}), ("displacement", ROUTES)]
+    "decoder_output, route",
+    [
+        ("displacement", {}),
+        ("dual_quaternion", {}),
+        ("displacement", ROUTES),
+        ("displacement", {**ROUTES, "linear_basis": 16}),
+    ],
 )
 def test_overfits_one_batch(decoder_output, route):
     torch.manual_seed(0)

@@ -54,6 +54,9 @@ class ModelConfig:
     # each query that does not wait for the read's attention to become selective (ours)
     global_latent: bool = False
     head_layers: int = 1  # hidden layers (width, GELU) of the decoder's per-query head
+    # Fields of a basis that each query reads from M0's shape tokens alone, weighted by a linear map of z and
+    # added to the displacement head's output (model/basis.py): a range linear in z for every object. 0: off
+    linear_basis: int = 0
     fused_attention: bool = True  # encoders use fused SDPA; the decoder never does (torch.func, traps.md 1)
     # D's output per query: a displacement (the "w/o dual quaternion" ablation, s7.3), or a rigid motion
     # as a unit dual quaternion that moves the query, blended (DQB) at the mesh vertices (s9.2)
@@ -67,6 +70,13 @@ class ModelConfig:
             f"must be one of {', '.join(VAE_ENCODERS)}",
         )
         require(self.head_layers >= 1, "model.head_layers", self.head_layers, "must be at least 1")
+        require(self.linear_basis >= 0, "model.linear_basis", self.linear_basis, "must be 0 (off) or more")
+        require(
+            not self.linear_basis or self.decoder_output == "displacement",
+            "model.linear_basis",
+            self.linear_basis,
+            "adds displacements: it needs model.decoder_output=displacement",
+        )
         if self.decoder_output not in DECODER_OUTPUTS:
             raise ConfigError(
                 f"model.decoder_output: '{self.decoder_output}' is not one of {', '.join(DECODER_OUTPUTS)}"

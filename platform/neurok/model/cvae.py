@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from neurok.model import dual_quaternion
+from neurok.model.basis import LinearBasis
 from neurok.model.config import ModelConfig
 from neurok.model.layers import Block, FourierEmbedding
 from neurok.model.perceiver import PerceiverEncoder
@@ -59,6 +60,7 @@ class Decoder(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(cfg.width), *hidden, nn.Linear(cfg.width, channels))
         nn.init.zeros_(self.head[-1].weight)  # ours: start from "no deformation" (both heads: zero is that)
         nn.init.zeros_(self.head[-1].bias)
+        self.basis = LinearBasis(cfg) if cfg.linear_basis else None
 
     def features(self, queries: torch.Tensor) -> QueryFeatures:
         embedded = self.query_embed(queries)
@@ -67,14 +69,16 @@ class Decoder(nn.Module):
     def head_output(
         self, z: torch.Tensor, shape_tokens: torch.Tensor, features: QueryFeatures
     ) -> torch.Tensor:
-        """The head's numbers per query (B, Q, 3 or 7), before they are made a motion."""
+        """The head's numbers per query (B, Q, 3 or 7), before they are made a motion (with the linear
+        basis's displacement added)."""
         x = torch.cat([shape_tokens, self.lift(z)], dim=1)
         for layer in self.layers:
             x = layer(x)
         read = self.read.read(features.embedded, features.heads, x)
         if self.latent_code is not None:
             read = read + self.latent_code(z.flatten(1))[:, None]
-        return self.head(read)
+        out = self.head(read)
+        return out if self.basis is None else out + self.basis(z, shape_tokens, features.embedded)
 
     def motion(self, z: torch.Tensor, shape_tokens: torch.Tensor, features: QueryFeatures) -> torch.Tensor:
         """Per-query motion (B, Q, 3 or 8) at the queries of `features` (see query_motion)."""

@@ -111,7 +111,14 @@ def decode_with_tangents(
     y = _layer_norm(y, norm)
     for layer in hidden[::2]:  # (Linear, GELU) pairs
         y = _gelu(_linear(y, layer))
-    return _linear(y, out)
+    y = _linear(y, out)
+    if decoder.basis is None:
+        return y
+    # Linear in z: the basis does not depend on it, and z's map to the weights has no bias, so value and
+    # tangents are the basis times their own weights.
+    basis = decoder.basis.basis(shape_tokens[None], features.embedded[None])[0]  # (Q, 3, fields)
+    weights = z.flatten(1) @ decoder.basis.coefficients.weight.T  # (1 + k, fields)
+    return y + torch.einsum("qcf,tf->tqc", basis, weights)
 
 
 # The dual-quaternion head's construction (dual_quaternion.from_head) and its blending at the vertices
