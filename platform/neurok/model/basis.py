@@ -33,7 +33,7 @@ class LinearBasis(nn.Module):
         nn.init.zeros_(self.head[-1].bias)
 
     def basis(self, shape_tokens: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
-        """B at the queries: shape tokens (B, S, width), embedded queries (B, Q, width) -> (B, Q, 3, fields)."""
+        """B at the queries: shape tokens (B, S, width), embedded queries (B, Q, width) -> (B, Q, 3, F)."""
         return self.head(self.read(embedded, shape_tokens)).unflatten(-1, (3, self.fields))
 
     def forward(self, z: torch.Tensor, shape_tokens: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
