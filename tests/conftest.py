@@ -1,5 +1,5 @@
-"""Shared fixtures: small synthetic sequences and stores (no physics engine needed), and the clean-up of
-what killed processes leave in the temp folder."""
+"""Shared fixtures: small synthetic sequences and stores (no physics engine needed), a tiny registered
+model, and the clean-up of what killed processes leave in the temp folder."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,60 @@ def small_store(tmp_path):
         for shard, block in enumerate([seqs[0:2], seqs[2:4], seqs[4:5]]):
             writer.write_shard(shard, block)
     return path, seqs
+
+
+# A registered model's simulate settings, small enough that a rollout of a few frames takes a second or two.
+SIMULATE = [
+    "shape.points=128",
+    "shape.max_queries=128",
+    "dynamics.reduction.samples=16",
+    "dynamics.reduction.max_dims=3",
+    "dynamics.boundary.iterations=10",
+    "dynamics.simulator.frames=4",
+    "dynamics.simulator.damping=1.0",
+]
+GOOD = {"test/chamfer_l1": 0.10, "test/ik_chamfer_l1": 0.12, "test/energy_drift": 0.01}  # passes the gates
+
+
+@contextmanager
+def registered_model(tmp: Path) -> Iterator[dict]:
+    """A tracking store in `tmp` (MLFLOW_TRACKING_URI points at it until the context closes) holding a
+    briefly trained tiny model registered as `neurok` version 1, the champion. Yields {"uri", "tmp", "v1",
+    "add"}: add(report) registers the same model again with that evaluation report, returns its version."""
+    from neurok.config import load_config
+    from neurok.eval.config import SimulateConfig
+    from neurok.model.checkpoint import read_checkpoint
+    from neurok.track.registry import RegistryConfig, promote, register
+    from neurok.train.local import train
+    from test_loader_stores import write_store
+    from test_train import tiny_config
+
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        store = write_store(tmp / "s.zarr", (4, 4), splits={3: "val"})
+        result = train(
+            tiny_config(store, tmp / "out", "run_name=reg", "trainer.max_steps=4", "trainer.plot_objects=0")
+        )
+        checkpoint = read_checkpoint(result.last_checkpoint)
+        simulate_cfg = load_config(SimulateConfig, "pipelines/simulate.yaml", SIMULATE)
+
+        def add(report: dict) -> str:
+            dataset = {"path": store, "content_hash": "abc123"}
+            version = register(
+                uri, result.run_id, "neurok", checkpoint, "preset: tiny\n", dataset, report, simulate_cfg
+            )
+            return str(version.version)
+
+        v1 = add(GOOD)
+        assert promote(uri, f"neurok/{v1}", RegistryConfig()).promoted
+        yield {"uri": uri, "tmp": tmp, "add": add, "v1": v1}
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def live_unix_sockets() -> set[str] | None:

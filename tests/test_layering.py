@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "neurok"
 
 # Lowest first. The shared modules (errors, geometry, threads, config) import no stage.
 STAGES = ["errors", "geometry", "threads", "config", "data", "model", "dynamics", "eval", "track", "train",
-          "tune", "cli"]  # fmt: skip
+          "tune", "serve", "cli"]  # fmt: skip
 SHARED = 4  # the first SHARED entries are shared modules: they may not import each other upwards either
 
 

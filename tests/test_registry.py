@@ -19,30 +19,14 @@ import torch
 import trimesh
 from mlflow.tracking import MlflowClient
 
+from conftest import GOOD, registered_model
 from neurok.cli.main import main
-from neurok.config import load_config
 from neurok.errors import BadInputError
-from neurok.eval.config import SimulateConfig
-from neurok.model.checkpoint import read_checkpoint
-from neurok.track.registry import CHALLENGER, CHAMPION, RegistryConfig, promote, register
-from test_loader_stores import write_store
-from test_train import tiny_config
+from neurok.track.registry import CHALLENGER, CHAMPION, RegistryConfig, promote
 
 pytestmark = pytest.mark.e2e  # a command or a service through the real stack
 
 torch.set_num_threads(1)
-
-# Small enough that a rollout of a few frames takes a second or two.
-SIMULATE = [
-    "shape.points=128",
-    "shape.max_queries=128",
-    "dynamics.reduction.samples=16",
-    "dynamics.reduction.max_dims=3",
-    "dynamics.boundary.iterations=10",
-    "dynamics.simulator.frames=4",
-    "dynamics.simulator.damping=1.0",
-]
-GOOD = {"test/chamfer_l1": 0.10, "test/ik_chamfer_l1": 0.12, "test/energy_drift": 0.01}
 
 
 def mesh_input(subdivisions: int) -> dict:
@@ -61,35 +45,8 @@ CONDITIONS = {
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """A tracking store with a briefly trained model registered as version 1 (champion)."""
-    tmp = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        store = write_store(tmp / "s.zarr", (4, 4), splits={3: "val"})
-        from neurok.train.local import train
-
-        result = train(
-            tiny_config(store, tmp / "out", "run_name=reg", "trainer.max_steps=4", "trainer.plot_objects=0")
-        )
-        checkpoint = read_checkpoint(result.last_checkpoint)
-        simulate_cfg = load_config(SimulateConfig, "pipelines/simulate.yaml", SIMULATE)
-
-        def add(report: dict) -> str:
-            dataset = {"path": store, "content_hash": "abc123"}
-            version = register(
-                uri, result.run_id, "neurok", checkpoint, "preset: tiny\n", dataset, report, simulate_cfg
-            )
-            return str(version.version)
-
-        v1 = add(GOOD)
-        assert promote(uri, f"neurok/{v1}", RegistryConfig()).promoted
-        yield {"uri": uri, "tmp": tmp, "add": add, "v1": v1}
-    finally:
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
+    with registered_model(tmp_path_factory.mktemp("registry")) as registry:
+        yield registry
 
 
 def test_predict_any_vertex_count(registry):

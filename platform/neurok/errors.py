@@ -11,9 +11,14 @@ class NeurokError(Exception):
 
 
 class BadInputError(NeurokError):
-    """The input (a config, a file, a store) is malformed."""
+    """The input (a config, a file, a store) is malformed; `field` names the input field at fault where
+    there is one (a service's answer names it)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class ConfigError(BadInputError):

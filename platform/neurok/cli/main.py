@@ -15,6 +15,7 @@ GROUPS = (
     "neurok.cli.eval",
     "neurok.cli.simulate",
     "neurok.cli.registry",
+    "neurok.cli.serve",
     "neurok.cli.tune",
 )
 

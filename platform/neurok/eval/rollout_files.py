@@ -3,6 +3,9 @@
 Used by `neurok simulate`, by `neurok eval` for its rendered rollouts, and by the registered simulator
 package's predict. Meshes come in their own units (metres, y-up); the simulation runs in the store's
 normalisation (frame 0's bounding box to the unit cube), and the outputs are mapped back.
+
+simulate_mesh is prepare_mesh (encode, reduce, fit the surrogate: the costly part, the mesh's alone) then
+simulate_prepared (one rollout under its conditions), so a service can keep prepared meshes (neurok serve).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,7 @@ from neurok.dynamics import (
     surrogate,
 )
 from neurok.dynamics.checks import Check
+from neurok.dynamics.config import CubatureConfig
 from neurok.dynamics.from_model import latent_shape
 from neurok.dynamics.mechanics import metric
 from neurok.dynamics.rigid import RIGID, FloatingShape
@@ -130,6 +135,73 @@ class Body:
         return rollout(self.stepped, q0, qdot0, sim, forcing.on_vertices(self.points), output=self.full)
 
 
+@dataclass
+class PreparedBody:
+    """An object's reduced space made ready to step, whatever then acts on it: its directions with inertia
+    at rest (simulator.min_inertia) through its surrogate decoder (dynamics.surrogate), carried by a rigid
+    frame unless shape.rigid is off, with the stiffness set for it. What a stepping path adds (the compiled
+    loop's mass moments, a cubature's fit) is computed the first time a rollout takes that path, then kept:
+    one rollout at a time per object."""
+
+    reduced: ReducedShape  # the object's reduced space, every direction
+    deformed: ReducedShape  # its heavy directions, through the surrogate where it fits
+    rigid: bool  # `deformed` rides a rigid frame
+    stiffness: float | None  # for the shape's mean mode (ModelShapeConfig.frequency); None keeps the config's
+    decoder: dict  # how it was prepared: which decoder the steps evaluate and its fit
+    cubature_cfg: CubatureConfig
+
+    @cached_property
+    def full(self) -> ReducedShape | FloatingShape:
+        return self.carried(self.deformed)
+
+    @cached_property
+    def moments(self) -> modal.Prepared:
+        return modal.prepare(self.full)
+
+    @cached_property
+    def cubature_fit(self) -> cubature.Cubature:
+        return cubature.fit_cubature(self.deformed, self.cubature_cfg)
+
+    def carried(self, shape: ReducedShape) -> ReducedShape | FloatingShape:
+        return FloatingShape(shape) if self.rigid else shape
+
+    def body(self, sim: SimulatorConfig, forcing: Forcing | None = None, ground: bool = False) -> Body:
+        """What rollouts with settings `sim` step: one compiled loop over the mass moments; where that does
+        not apply, a cubature (with `forcing`'s vertices) unless a ground plane needs every vertex."""
+        if self.stiffness is not None:
+            sim = dataclasses.replace(sim, stiffness=self.stiffness)
+        full, cfg, vertices = self.full, self.cubature_cfg, self.reduced.latent.num_vertices
+        if compiled_applies(full, sim):  # its steps sum every vertex's mass exactly, at no cost per vertex
+            return Body(full, full, None, sim, self.decoder | {"path": "compiled"}, self.moments)
+        record = self.decoder | {"path": "torch"}
+        if record["decoder"] != "surrogate" or not cfg.enabled or ground or vertices <= cfg.max_points:
+            return Body(full, full, None, sim, record)
+        acted = torch.zeros(vertices, dtype=torch.bool) if forcing is None else forcing.acted_on()
+        points, masses = self.cubature_fit.stepped(acted)
+        stepped = self.carried(surrogate.on_vertices(self.deformed, points, masses))
+        record |= {f"cubature_{k}": v for k, v in self.cubature_fit.as_dict().items()}
+        return Body(full, stepped, points, sim, record)
+
+
+def prepare_body(shape: ReducedShape, shape_cfg: ModelShapeConfig, dynamics: DynamicsConfig) -> PreparedBody:
+    """The part of simulated_body that depends on the object alone: its heavy directions, their surrogate,
+    the stiffness for them."""
+    with torch.no_grad():
+        heavy = heavy_directions(shape, dynamics.simulator.min_inertia, dynamics.simulator.min_motion)
+    stiffness = None
+    if shape_cfg.frequency > 0 and heavy.dims > 0:
+        stiffness = stiffness_for(heavy, shape_cfg.frequency)
+    if heavy.dims == 0:
+        log.warning(
+            "none of the %d reduced directions moves this mesh by dynamics.simulator.min_motion of its size "
+            "per prior deviation: the object is rigid to this model",
+            shape.dims,
+        )
+    deformed, record = surrogate.prepare(heavy, dynamics.surrogate)
+    record["deformation_dims"] = heavy.dims
+    return PreparedBody(shape, deformed, shape_cfg.rigid, stiffness, record, dynamics.cubature)
+
+
 def simulated_body(
     shape: ReducedShape,
     shape_cfg: ModelShapeConfig,
@@ -142,40 +214,7 @@ def simulated_body(
     rigid frame unless shape.rigid is off. That body steps as one compiled loop over its mass moments
     (dynamics.compiled); where that does not apply, on a cubature (dynamics.cubature) unless a ground
     plane needs every vertex, with `forcing`'s vertices stepped too."""
-    with torch.no_grad():
-        heavy = heavy_directions(shape, dynamics.simulator.min_inertia, dynamics.simulator.min_motion)
-    sim = dynamics.simulator
-    if shape_cfg.frequency > 0 and heavy.dims > 0:
-        sim = dataclasses.replace(sim, stiffness=stiffness_for(heavy, shape_cfg.frequency))
-    if heavy.dims == 0:
-        log.warning(
-            "none of the %d reduced directions moves this mesh by dynamics.simulator.min_motion of its size "
-            "per prior deviation: the object is rigid to this model",
-            shape.dims,
-        )
-    deformed, record = surrogate.prepare(heavy, dynamics.surrogate)
-    record["deformation_dims"] = heavy.dims
-    carried = FloatingShape if shape_cfg.rigid else (lambda s: s)
-    full = carried(deformed)
-    cfg = dynamics.cubature
-    if compiled_applies(full, sim):  # its steps sum every vertex's mass exactly, at no cost per vertex
-        return Body(full, full, None, sim, record | {"path": "compiled"}, modal.prepare(full))
-    record["path"] = "torch"
-    if (
-        record["decoder"] != "surrogate"
-        or not cfg.enabled
-        or ground
-        or shape.latent.num_vertices <= cfg.max_points
-    ):
-        return Body(full, full, None, sim, record)
-    fitted = cubature.fit_cubature(deformed, cfg)
-    acted = (
-        torch.zeros(shape.latent.num_vertices, dtype=torch.bool) if forcing is None else forcing.acted_on()
-    )
-    points, masses = fitted.stepped(acted)
-    stepped = carried(surrogate.on_vertices(deformed, points, masses))
-    record |= {f"cubature_{k}": v for k, v in fitted.as_dict().items()}
-    return Body(full, stepped, points, sim, record)
+    return prepare_body(shape, shape_cfg, dynamics).body(dynamics.simulator, forcing, ground)
 
 
 def reduced_model_shape(
@@ -235,21 +274,48 @@ class MeshRollout:
         return [c for c in self.checks if not c.passed]
 
 
-def simulate_mesh(
+@dataclass
+class PreparedMesh:
+    """A user's mesh made ready to simulate under one model and its settings: normalised, its shape space
+    reduced and its body prepared. It depends on the mesh alone, not on a rollout's conditions or run
+    settings (frames, dt, integrator, gravity), so it is prepared once and rolled out under any of them."""
+
+    faces: np.ndarray  # (F, 3)
+    center: np.ndarray  # (3,) the normalisation: normalised = (mesh - center) / scale
+    scale: float
+    rest: np.ndarray  # (V, 3) float32, normalised
+    body: PreparedBody
+
+    @property
+    def reduced(self) -> ReducedShape:
+        return self.body.reduced
+
+
+def prepare_mesh(
     model: NeuROK,
     vertices: np.ndarray,
     faces: np.ndarray,
-    conditions: MeshConditions,
     shape_cfg: ModelShapeConfig,
     dynamics: DynamicsConfig,
-    poke_radius: float = 0.15,
     seed: int = 0,
-) -> MeshRollout:
-    """Normalise the mesh, reduce the model's shape space for it (carried by a rigid frame unless
-    shape.rigid is off), roll out under `conditions`, and check the rollout's physics."""
+) -> PreparedMesh:
+    """Normalise the mesh, reduce the model's shape space for it and prepare its body (carried by a rigid
+    frame unless shape.rigid is off): the costly part of simulate_mesh, and the same for every rollout."""
     center, scale = normalisation(vertices[None])
     rest = ((vertices - center) / scale).astype(np.float32)
     reduced = reduced_model_shape(model, rest, faces, shape_cfg, dynamics, seed)
+    return PreparedMesh(np.asarray(faces), center, scale, rest, prepare_body(reduced, shape_cfg, dynamics))
+
+
+def simulate_prepared(
+    mesh: PreparedMesh,
+    conditions: MeshConditions,
+    dynamics: DynamicsConfig,
+    poke_radius: float = 0.15,
+) -> MeshRollout:
+    """Roll a prepared mesh out under `conditions` with `dynamics`' run settings (those it was prepared
+    with, or others for the simulator's frames, dt and integrator), and check the rollout's physics."""
+    center, scale, rest, reduced = mesh.center, mesh.scale, mesh.rest, mesh.reduced
     ground = None if conditions.ground is None else (conditions.ground - center[1]) / scale
     dtype = reduced.basis.dtype
     rest_t = torch.from_numpy(rest).to(dtype)
@@ -273,7 +339,7 @@ def simulate_mesh(
             for forces in ([point_forces, []] if twin else [point_forces])
         ]
     )
-    body = simulated_body(reduced, shape_cfg, dynamics, forcing, ground is not None)
+    body = mesh.body.body(dynamics.simulator, forcing, ground is not None)
     shape = body.full
     sim = dataclasses.replace(body.sim, gravity=[g / scale for g in conditions.gravity], ground=ground)
     masses = reduced.latent.masses
@@ -283,7 +349,7 @@ def simulate_mesh(
     bc = BoundaryConditions.stack([BoundaryConditions.velocity_field(velocity)] * forcing.force.shape[0])
     q0, qdot0 = solve_initial_state(shape, bc, dynamics.boundary)
     out = body.run(q0, qdot0, sim, forcing)
-    result = MeshRollout.from_rollout(out, np.asarray(faces), center, scale)
+    result = MeshRollout.from_rollout(out, mesh.faces, center, scale)
     result.decoder = body.decoder
     scene = checked_scene(rest, masses, sim, forcing)
     unpoked = out.vertices[1].numpy() if twin else None
@@ -292,6 +358,21 @@ def simulate_mesh(
     )
     result.absorbed = absorbed_shares(shape, q0[0], point_forces)
     return result
+
+
+def simulate_mesh(
+    model: NeuROK,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    conditions: MeshConditions,
+    shape_cfg: ModelShapeConfig,
+    dynamics: DynamicsConfig,
+    poke_radius: float = 0.15,
+    seed: int = 0,
+) -> MeshRollout:
+    """Prepare the mesh (prepare_mesh) and roll it out under `conditions` (simulate_prepared)."""
+    prepared = prepare_mesh(model, vertices, faces, shape_cfg, dynamics, seed)
+    return simulate_prepared(prepared, conditions, dynamics, poke_radius)
 
 
 def checked_scene(

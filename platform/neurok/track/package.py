@@ -4,7 +4,8 @@ Not the default `pt2` export, which freezes input shapes to the example's vertex
 Artifacts: the model (its config and weights, as a slim checkpoint), the resolved training config, the
 simulation settings (normalisation and queries, per-object reduction, integrator defaults, poke radius),
 the dataset's identity and normalisation, and the evaluation report. The code is the installed `neurok`
-package, referenced by import; predict runs `neurok simulate`'s own simulate_mesh.
+package, referenced by import; predict runs `neurok simulate`'s own simulate_mesh, in its two steps
+(prepare_mesh, simulate_prepared) so that `neurok serve` can keep the first per mesh.
 
 This module sits at the top of the data flow (it uses eval), so nothing below eval imports it.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -37,11 +39,11 @@ from neurok import __version__
 from neurok.config import load_config, to_yaml
 from neurok.data.schema import normalisation
 from neurok.dynamics import region_near
-from neurok.dynamics.config import Integrator
+from neurok.dynamics.config import DynamicsConfig, Integrator, SimulatorConfig
 from neurok.errors import BadInputError
 from neurok.eval.config import SimulateConfig
 from neurok.eval.meshes import check_mesh
-from neurok.eval.rollout_files import MeshConditions, Poke, simulate_mesh
+from neurok.eval.rollout_files import MeshConditions, Poke, PreparedMesh, prepare_mesh, simulate_prepared
 from neurok.model.checkpoint import load_model, slim_checkpoint
 
 ARTIFACT_NAME = "simulator"
@@ -53,7 +55,7 @@ def drag_as_pokes(vertices: np.ndarray, row: np.ndarray, radius: float) -> list[
     the region's mass share times 4 d / T^2 (the model's object has a mass of 1 kg, paper s9.2)."""
     x, y, z, dx, dy, dz, t0, t1 = (float(v) for v in row)
     if not t1 > t0 >= 0:
-        raise BadInputError(f"drags: the window must satisfy 0 <= t0 < t1, got {t0}, {t1}")
+        raise BadInputError(f"drags: the window must satisfy 0 <= t0 < t1, got {t0}, {t1}", "drags")
     center, scale = normalisation(vertices[None])
     rest = torch.from_numpy(((vertices - center) / scale).astype(np.float32))
     share = float(
@@ -66,48 +68,121 @@ def drag_as_pokes(vertices: np.ndarray, row: np.ndarray, radius: float) -> list[
     return [Poke((x, y, z), push, t0, mid), Poke((x, y, z), tuple(-f for f in push), mid, t1)]
 
 
+def numbers(value, where: str, field: str, finite: bool = True) -> np.ndarray:
+    """`value` as a float64 array of numbers (not strings, booleans or ragged lists), finite unless not
+    asked to be."""
+    try:
+        array = np.asarray(value)
+    except ValueError:  # numpy refuses ragged nested lists
+        array = np.asarray(None)
+    if array.dtype.kind not in "iuf":
+        raise BadInputError(f"{where}: an array of numbers expected, got {repr(value)[:80]}", field)
+    if finite and not np.isfinite(array).all():
+        raise BadInputError(f"{where}: NaN or Inf at {np.argwhere(~np.isfinite(array))[0].tolist()}", field)
+    return array.astype(np.float64)
+
+
+def _mesh(model_input) -> tuple[np.ndarray, np.ndarray]:
+    # check_mesh names a vertex that is NaN or Inf
+    vertices = numbers(model_input["vertices"], "model_input.vertices", "vertices", finite=False)
+    faces = numbers(model_input["faces"], "model_input.faces", "faces")
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise BadInputError(f"model_input.vertices: (V, 3) expected, got {vertices.shape}", "vertices")
+    if faces.ndim != 2 or faces.shape[1] != 3 or (faces != np.round(faces)).any():
+        raise BadInputError(f"model_input.faces: (F, 3) vertex indices expected, got {faces.shape}", "faces")
+    return vertices, faces.astype(np.int64)
+
+
 def _rows(params: dict, name: str) -> np.ndarray:
-    value = np.asarray(params.get(name) or [], np.float64)
+    """Rows of 8, flattened (as the signature's params carry them) or nested."""
+    value = numbers(params.get(name) or [], f"params.{name}", name)
+    if value.ndim > 2 or (value.ndim == 2 and value.shape[1] != ROW):
+        raise BadInputError(f"params.{name}: rows of {ROW} numbers expected, got shape {value.shape}", name)
+    value = value.reshape(-1)
     if value.size % ROW:
-        raise BadInputError(f"params.{name}: rows of {ROW} numbers expected, got {value.size} numbers")
+        raise BadInputError(f"params.{name}: rows of {ROW} numbers expected, got {value.size} numbers", name)
     return value.reshape(-1, ROW)
 
 
 def _vector(params: dict, name: str) -> tuple[float, float, float]:
-    value = np.asarray(params.get(name) or [0.0, 0.0, 0.0], np.float64).reshape(-1)
+    value = numbers(params.get(name) or [0.0, 0.0, 0.0], f"params.{name}", name).reshape(-1)
     if value.shape != (3,):
-        raise BadInputError(f"params.{name}: expected 3 numbers (x, y, z), got {value.size}")
+        raise BadInputError(f"params.{name}: expected 3 numbers (x, y, z), got {value.size}", name)
     return tuple(value.tolist())
 
 
+def _run_settings(params: dict, sim: SimulatorConfig) -> SimulatorConfig:
+    """The simulator's settings with a call's frames, dt and integrator (each defaults to the package's)."""
+    frames, dt, integrator = (params.get(k) for k in ("frames", "dt", "integrator"))
+    if frames is not None:
+        frames = numbers(frames, "params.frames", "frames")
+        if frames.shape != () or frames < 1 or frames != round(float(frames)):
+            raise BadInputError(
+                f"params.frames: a whole number >= 1 expected, got {params['frames']}", "frames"
+            )
+    if dt is not None:
+        dt = numbers(dt, "params.dt", "dt")
+        if dt.shape != () or dt <= 0:
+            raise BadInputError(f"params.dt: a time step > 0 s expected, got {params['dt']}", "dt")
+    if integrator is not None and integrator not in list(Integrator):  # a list: it may be unhashable
+        known = ", ".join(Integrator)
+        raise BadInputError(f"params.integrator: one of {known} expected, got {integrator!r}", "integrator")
+    sim = dataclasses.replace(
+        sim,
+        frames=sim.frames if frames is None else int(frames),
+        dt=sim.dt if dt is None else float(dt),
+        integrator=Integrator(integrator or sim.integrator),
+    )
+    try:
+        sim.steps_per_frame()
+    except BadInputError as exc:
+        raise BadInputError(f"params.dt: {exc}", "dt") from None
+    return sim
+
+
+@dataclass
+class Request:
+    """A predict call's input, read and checked: the mesh, what acts on it, the rollout's settings."""
+
+    vertices: np.ndarray  # (V, 3) float64
+    faces: np.ndarray  # (F, 3) int64
+    conditions: MeshConditions
+    dynamics: DynamicsConfig
+
+
 class SimulatorPackage(mlflow.pyfunc.PythonModel):
+    """predict = read (check the call) + prepare (the mesh's costly part) + roll_out (one rollout); a
+    service keeps prepared meshes and runs the last step alone (neurok.serve)."""
+
     def load_context(self, context) -> None:
         self.model = load_model(context.artifacts["model"])
         self.cfg = load_config(SimulateConfig, context.artifacts["simulate"])
 
     def predict(self, context, model_input, params=None):
-        params, cfg = params or {}, self.cfg
-        vertices = np.asarray(model_input["vertices"], np.float64)
-        faces = np.asarray(model_input["faces"], np.int64)
-        if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
-            raise BadInputError(f"vertices and faces: (V, 3) and (F, 3), got {vertices.shape}, {faces.shape}")
+        request = self.read(model_input, params or {})
+        return self.roll_out(self.prepare(request.vertices, request.faces), request)
+
+    def read(self, model_input, params: dict) -> Request:
+        """The call's mesh, conditions and settings, checked: a BadInputError names the field at fault."""
+        cfg = self.cfg
+        vertices, faces = _mesh(model_input)
         check_mesh(vertices, faces, "model_input", cfg.max_vertices)
         pokes = [Poke(tuple(r[:3]), tuple(r[3:6]), r[6], r[7]) for r in _rows(params, "pokes").tolist()]
         for row in _rows(params, "drags"):
             pokes += drag_as_pokes(vertices, row, cfg.poke_radius)
         conditions = MeshConditions(pokes, _vector(params, "gravity"), _vector(params, "initial_velocity"))
-        sim = cfg.dynamics.simulator
-        sim = dataclasses.replace(
-            sim,
-            frames=int(params.get("frames") or sim.frames),
-            dt=float(params.get("dt") or sim.dt),
-            integrator=Integrator(params.get("integrator") or sim.integrator),
-        )
-        dynamics = dataclasses.replace(cfg.dynamics, simulator=sim)
+        sim = _run_settings(params, cfg.dynamics.simulator)
+        return Request(vertices, faces, conditions, dataclasses.replace(cfg.dynamics, simulator=sim))
+
+    def prepare(self, vertices: np.ndarray, faces: np.ndarray) -> PreparedMesh:
+        """The mesh made ready to roll out under any conditions (rollout_files.prepare_mesh)."""
+        cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        out = simulate_mesh(
-            self.model, vertices, faces, conditions, cfg.shape, dynamics, cfg.poke_radius, cfg.seed
-        )
+        return prepare_mesh(self.model, vertices, faces, cfg.shape, cfg.dynamics, cfg.seed)
+
+    def roll_out(self, prepared: PreparedMesh, request: Request) -> dict[str, np.ndarray]:
+        torch.manual_seed(self.cfg.seed)
+        out = simulate_prepared(prepared, request.conditions, request.dynamics, self.cfg.poke_radius)
         return {
             "vertices": out.vertices,
             "time": out.time,
