@@ -7,6 +7,17 @@
 ARG RAY_VERSION=2.60.0
 ARG VARIANT=gpu
 
+# ---- three.js for `neurok serve`'s playground: what scripts/build_three.py vendors (same pins) ----------
+FROM node:20-bookworm-slim AS three
+ARG THREE_VERSION=0.170.0
+ARG THREE_INTEGRITY=sha512-FQK+LEpYc0fBD+J8g6oSEyyNzjp+Q7Ks1C568WWaoMRLW+TkNNWmenWeGgJjV105Gd+p/2ql1ZcjYvNiPZBhuQ==
+WORKDIR /three
+RUN npm pack "three@${THREE_VERSION}" --json > pack.json \
+    && node -e 'const [p] = require("./pack.json"); if (p.integrity !== process.argv[1]) process.exit(1)' \
+        "${THREE_INTEGRITY}" \
+    && tar -xzf "three-${THREE_VERSION}.tgz" package/build/three.module.min.js package/LICENSE \
+    && mv package/build/three.module.min.js . && mv package/LICENSE three.LICENSE
+
 # ---- build: compilers live only here ----------------------------------------------------------
 FROM rayproject/ray:${RAY_VERSION}-py311-${VARIANT} AS build
 ARG VARIANT
@@ -21,6 +32,7 @@ USER 1000:100
 WORKDIR /src
 COPY --chown=1000:100 pyproject.toml *.md ./
 COPY --chown=1000:100 platform ./platform
+COPY --from=three --chown=1000:100 /three/three.module.min.js /three/three.LICENSE ./platform/neurok/serve/vendor/
 # Install into a separate prefix (not the base's conda env) so the final stage copies only what we
 # added; packages the base already has at the pinned version (ray itself) are not reinstalled.
 # The CPU variant takes torch from the CPU wheel index, else pip pulls a multi-GB CUDA build.

@@ -3,6 +3,8 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 NEUROK := .venv/bin/neurok
 STAMP := .venv/.installed
+# three.js for `neurok serve`'s playground: npm's build, vendored into the package (git-ignored)
+THREE_JS := platform/neurok/serve/vendor/three.module.min.js
 
 .DEFAULT_GOAL := help
 
@@ -17,7 +19,12 @@ $(STAMP): pyproject.toml
 	$(PY) -c "from neurok.dynamics.simulator import warm_up; warm_up()"
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the project with its dev extra
+setup: $(STAMP) $(THREE_JS) ## create .venv and install the project with its dev extra (and three.js)
+
+three: $(THREE_JS) ## vendor three.js for `neurok serve`'s playground (npm pack of the pinned release)
+
+$(THREE_JS): scripts/build_three.py
+	python3 scripts/build_three.py
 
 demo: $(STAMP) ## generate the default dataset, check it, train the base model on it, evaluate it (table, video, viewer)
 	$(NEUROK) data generate datasets/default.yaml --out datasets/out/default.zarr
@@ -38,17 +45,17 @@ train: $(STAMP) ## train in one process: make train args="preset=tiny trainer.ma
 mlflow-ui: $(STAMP) ## browse the local runs (outputs/mlflow.db) at http://127.0.0.1:5000
 	.venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
 
-test: $(STAMP) ## fast test suite and lint (what CI runs)
+test: $(STAMP) $(THREE_JS) ## fast test suite and lint (what CI runs)
 	$(PY) -m pytest -q
 	.venv/bin/ruff check platform tests benchmarks k8s scripts
 
-test-full: $(STAMP) ## every test, slow end-to-end ones included
+test-full: $(STAMP) $(THREE_JS) ## every test, slow end-to-end ones included
 	$(PY) -m pytest -q -m ''
 
 test-unit: $(STAMP) ## unit tests only (a module or a function against known answers; about 3 min here)
 	$(PY) -m pytest -q -m 'not slow and not e2e'
 
-test-e2e: $(STAMP) ## end-to-end tests only: commands, Ray clusters and services through the real stack
+test-e2e: $(STAMP) $(THREE_JS) ## end-to-end tests only: commands, Ray clusters and services through the real stack
 	$(PY) -m pytest -q -m 'e2e'
 
 lint: $(STAMP) ## ruff
@@ -62,7 +69,7 @@ faults: $(STAMP) ## the fault campaign: plant every fault, write its scoreboard 
 bench: $(STAMP) ## benchmarks: JSON + markdown table under benchmarks/results/
 	$(PY) benchmarks/run.py
 
-.PHONY: help setup demo train eval mlflow-ui test test-full test-unit test-e2e lint faults bench
+.PHONY: help setup three demo train eval mlflow-ui test test-full test-unit test-e2e lint faults bench
 
 # ---- deployment (issue 7): image, Kubernetes manifests, MLflow server -------------------------
 image: $(STAMP) ## container image: variant=gpu|cpu (needs a Docker engine; linted offline by make test)

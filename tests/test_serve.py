@@ -140,6 +140,28 @@ def test_npz_answer_holds_the_json_answers_arrays(served, ask):
             np.testing.assert_array_equal(npz[name], value, err_msg=name)
 
 
+@pytest.mark.parametrize(
+    "ask", [{"Accept": "application/x-neurok-frames"}, {"path": "/simulate?format=frames"}]
+)
+def test_frames_answer_is_a_header_then_float32_frames(served, ask):
+    """The playground's format (protocol.py): uint32 n, an n-byte JSON header, then each frame as float32."""
+    body = as_json(sphere(), **CONDITIONS)
+    as_arrays = simulate(served["server"], body)
+    path = ask.pop("path", "/simulate")
+    status, headers, answer = call(
+        served["server"], "POST", path, body, {"Content-Type": "application/json", **ask}
+    )
+    assert status == 200 and headers["Content-Type"] == "application/x-neurok-frames"
+    n = int.from_bytes(answer[:4], "little")
+    assert (4 + n) % 4 == 0  # the frames start aligned for a Float32Array
+    header = json.loads(answer[4 : 4 + n])
+    frames = np.frombuffer(answer[4 + n :], "<f4").reshape(header["frames"], header["vertices"], 3)
+    np.testing.assert_allclose(frames, as_arrays["vertices"], rtol=1e-6, atol=1e-7)
+    assert int(headers["Content-Length"]) == len(answer)
+    for name in ("time", "kinetic", "potential", "energy_drift"):
+        assert header[name] == as_arrays[name], name
+
+
 def test_mesh_upload_matches_json_arrays(served):
     mesh = sphere()
     rows = [f"v {x!r} {y!r} {z!r}" for x, y, z in mesh["vertices"].tolist()]

@@ -16,7 +16,8 @@ def register(groups: argparse._SubParsersAction) -> None:
         description="Loads the simulator package as consumers do (mlflow.pyfunc; the tracking store is "
         "MLFLOW_TRACKING_URI, else outputs/mlflow.db) and answers GET /health, GET /version and POST "
         "/simulate (a JSON mesh with its conditions, or an OBJ/PLY/GLB file with them in the query). A mesh "
-        "is prepared once (encoded, reduced, its surrogate fitted) and kept for the next requests on it.",
+        "is prepared once (encoded, reduced, its surrogate fitted) and kept for the next requests on it. "
+        "GET / is a browser playground: load a mesh, poke it, watch the rollout.",
     )
     parser.add_argument(
         "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ or a folder"
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import mlflow
 
     from neurok.errors import BadInputError
+    from neurok.serve import playground
     from neurok.serve.server import SimulationServer
     from neurok.serve.service import load_service
     from neurok.threads import limit_threads
@@ -69,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # a container's stop: the same clean exit as Ctrl-C
     with server:
         print(f"serving {service.identity['model_uri']} on {server.url} (Ctrl-C stops)", flush=True)
+        if playground.available():
+            print(f"playground: open {server.url}/ in a browser", flush=True)
+        else:
+            print("playground: not built (`make three` vendors three.js; GET / answers 503)", flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:

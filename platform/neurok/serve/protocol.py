@@ -13,7 +13,11 @@ a rollout written back.
 
 The answer: {"vertices": (frames + 1, V, 3), "time", "kinetic", "potential": (frames + 1,),
 "energy_drift": (1,)} as JSON (a number that is not finite as null) or, with `Accept:
-application/octet-stream` or `?format=npz`, an NPZ of the same arrays.
+application/octet-stream` or `?format=npz`, an NPZ of the same arrays; or, with `Accept:
+application/x-neurok-frames` or `?format=frames` (what the playground reads as it arrives), binary: a
+little-endian uint32 n, n bytes of a JSON header {"frames": frames + 1, "vertices": V, "time",
+"kinetic", "potential", "energy_drift"} (spaces pad it to a multiple of 4 bytes), then each frame's
+vertices as V x 3 little-endian float32, written one frame at a time.
 
 Refusals, each with a JSON body {"error": message, "field": the field at fault}: 400 a body or query
 that cannot be read (not JSON, a field missing or unknown, a query value that is not a number), 411 no
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -37,6 +43,8 @@ CONDITIONS = ("gravity", "initial_velocity", "pokes", "drags", "frames", "dt", "
 ROWS = ("pokes", "drags")  # repeatable in a query: one row each
 JSON_TYPE = "application/json"
 NPZ_TYPE = "application/octet-stream"
+FRAMES_TYPE = "application/x-neurok-frames"
+ANSWER_TYPES = {"json": JSON_TYPE, "npz": NPZ_TYPE, "frames": FRAMES_TYPE}
 MESH_TYPES = {
     "model/obj": "obj",
     "text/plain": "obj",
@@ -61,13 +69,13 @@ class Call:
 
     model_input: dict
     params: dict
-    npz: bool
+    answer: str  # a key of ANSWER_TYPES
 
 
 def read_call(content_type: str, body: bytes, query: str, accept: str, max_vertices: int) -> Call:
     """The call a request makes; `content_type` without its parameters (e.g. '; charset=utf-8')."""
     fields = parse_qs(query, keep_blank_values=True)
-    npz = answer_as_npz(fields.pop("format", []), accept)
+    answer = answer_format(fields.pop("format", []), accept)
     if content_type == JSON_TYPE:
         model_input, params = json_call(body, fields)
     elif content_type in MESH_TYPES:
@@ -77,15 +85,17 @@ def read_call(content_type: str, body: bytes, query: str, accept: str, max_verti
         raise RequestError(
             415, f"Content-Type {content_type or '(none)'}: use one of {known}", "Content-Type"
         )
-    return Call(model_input, params, npz)
+    return Call(model_input, params, answer)
 
 
-def answer_as_npz(formats: list[str], accept: str) -> bool:
-    if len(formats) > 1 or (formats and formats[0] not in ("json", "npz")):
-        raise RequestError(400, f"format: json or npz expected, got {formats}", "format")
+def answer_format(formats: list[str], accept: str) -> str:
+    """The query's format, else the first binary type the Accept header names, else json."""
+    if len(formats) > 1 or (formats and formats[0] not in ANSWER_TYPES):
+        raise RequestError(400, f"format: one of {', '.join(ANSWER_TYPES)} expected, got {formats}", "format")
     if formats:
-        return formats[0] == "npz"
-    return NPZ_TYPE in (kind.split(";")[0].strip() for kind in accept.split(","))
+        return formats[0]
+    accepted = [kind.split(";")[0].strip() for kind in accept.split(",")]
+    return next((name for name, kind in ANSWER_TYPES.items() if kind in accepted and name != "json"), "json")
 
 
 def json_call(body: bytes, query: dict[str, list[str]]) -> tuple[dict, dict]:
@@ -154,3 +164,20 @@ def npz_answer(out: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **out)
     return buffer.getvalue()
+
+
+def frames_answer(out: dict[str, np.ndarray]) -> tuple[int, Iterator[bytes]]:
+    """The binary frames answer's length in bytes, and its pieces: the header, then one frame each."""
+    vertices = np.asarray(out["vertices"], "<f4")
+    header = {"frames": vertices.shape[0], "vertices": vertices.shape[1]}
+    header |= {name: finite_or_null(a) for name, a in out.items() if name != "vertices"}
+    text = json.dumps(header, allow_nan=False).encode()
+    text += b" " * (-len(text) % 4)  # the frames start 4-byte aligned, for a Float32Array view
+    length = 4 + len(text) + vertices.nbytes
+
+    def pieces() -> Iterator[bytes]:
+        yield struct.pack("<I", len(text)) + text
+        for frame in vertices:
+            yield frame.tobytes()
+
+    return length, pieces()

@@ -1,10 +1,12 @@
 """The HTTP server (the standard library's ThreadingHTTPServer): one thread per connection, one simulation
 at a time (SimulationService), 127.0.0.1 unless told otherwise.
 
+    GET  /           the browser playground (playground.py; also /playground): 503 if three.js is not built
     GET  /health     200 {"status": "ok"}
     GET  /version    200 {"neurok": version, "model_uri", "registered_name", "registered_version",
                           "run_id", "model_id", "dataset_content_hash"}
-    POST /simulate   a rollout (protocol.py: the request, the answer, the refusals)
+    POST /simulate   a rollout (protocol.py: the request, the answer, the refusals); ?format=frames writes
+                     it one frame at a time, which the playground plays as it arrives
 
 Another path is 404, another method 405; every refusal has a JSON body {"error", "field"} and no
 traceback (an unexpected failure is logged here and answered 500 "internal error").
@@ -19,12 +21,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from neurok.errors import BadInputError, NeurokError
-from neurok.serve.protocol import JSON_TYPE, NPZ_TYPE, RequestError, json_answer, npz_answer, read_call
+from neurok.serve.playground import PlaygroundMissing, playground_page
+from neurok.serve.protocol import (
+    ANSWER_TYPES,
+    JSON_TYPE,
+    RequestError,
+    frames_answer,
+    json_answer,
+    npz_answer,
+    read_call,
+)
 from neurok.serve.service import SimulationService
 
 log = logging.getLogger(__name__)
 
-ROUTES = {"/health": "GET", "/version": "GET", "/simulate": "POST"}
+ROUTES = {"/": "GET", "/playground": "GET", "/health": "GET", "/version": "GET", "/simulate": "POST"}
+HTML_TYPE = "text/html; charset=utf-8"
 
 
 class SimulationServer(ThreadingHTTPServer):
@@ -66,6 +78,8 @@ class SimulationHandler(BaseHTTPRequestHandler):
             allowed = ROUTES[path]
             message = f"{method} {path}: use {allowed}"
             self.send_json(405, {"error": message, "field": "method"}, {"Allow": allowed})
+        elif path in ("/", "/playground"):
+            self.send_playground()
         elif path == "/health":
             self.send_json(200, {"status": "ok"})
         elif path == "/version":
@@ -94,10 +108,35 @@ class SimulationHandler(BaseHTTPRequestHandler):
             log.exception("POST /simulate failed")
             self.refuse(500, "internal error (logged by the server)", None)
         else:
-            if call.npz:
-                self.send(200, npz_answer(out), NPZ_TYPE)
+            if call.answer == "frames":
+                self.send_frames(out)
+            elif call.answer == "npz":
+                self.send(200, npz_answer(out), ANSWER_TYPES["npz"])
             else:
                 self.send(200, json_answer(out), JSON_TYPE)
+
+    def send_playground(self) -> None:
+        try:
+            page = playground_page()
+        except PlaygroundMissing as exc:
+            self.refuse(503, str(exc), None)
+        else:
+            self.send(200, page, HTML_TYPE, {"Cache-Control": "no-cache"})
+
+    def send_frames(self, out: dict) -> None:
+        """The binary frames answer, written a frame at a time so the client can play the first ones
+        while the rest arrive (the rollout itself is computed whole before the first byte)."""
+        length, pieces = frames_answer(out)
+        self.send_response(200)
+        self.send_header("Content-Type", ANSWER_TYPES["frames"])
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        try:
+            for piece in pieces:
+                self.wfile.write(piece)
+        except (BrokenPipeError, ConnectionResetError):  # the playground dropped it for a newer poke
+            self.close_connection = True
+            log.info("%s left before the rollout's last frame", self.address_string())
 
     def read_body(self) -> bytes:
         """The request's body, after checking its Content-Length against the service's limit."""
