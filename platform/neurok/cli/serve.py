@@ -42,6 +42,7 @@ def register(groups: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import gc
     import signal
 
     import mlflow
@@ -61,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(args.max_vertices, args.max_frames, int(args.max_body_mb * 2**20))
     mlflow.set_tracking_uri(tracking_uri("outputs"))
     service = load_service(args.model, limits, args.cache)
+    # The loaded model's ~10^5 objects live as long as the server: kept out of full collections, they no
+    # longer stall every request in flight (a 350-470 ms gen-2 pause, benchmarks/serve.py --clients-only)
+    gc.freeze()
     threads = args.threads or service.package.cfg.threads
     if threads:
         limit_threads(threads)
