@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from neurok.model.config import ModelConfig
-from neurok.model.layers import Block
+from neurok.model.layers import Block, mlp_head
 
 
 class LinearBasis(nn.Module):
@@ -22,8 +22,7 @@ class LinearBasis(nn.Module):
         super().__init__()
         self.fields = cfg.linear_basis
         self.read = Block(cfg.width, cfg.heads, 0, cross=True, fused=False)
-        hidden = [m for _ in range(cfg.head_layers) for m in (nn.Linear(cfg.width, cfg.width), nn.GELU())]
-        self.head = nn.Sequential(nn.LayerNorm(cfg.width), *hidden, nn.Linear(cfg.width, 3 * self.fields))
+        self.head = mlp_head(cfg.width, cfg.head_layers, 3 * self.fields)
         self.coefficients = nn.Linear(cfg.tokens * cfg.latent_dim, self.fields, bias=False)
         # Zero weights: the model starts from "no deformation", as the head does; the basis still learns,
         # since the coefficients' gradient through a random basis is not zero. A small basis: at the default

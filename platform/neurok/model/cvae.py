@@ -22,7 +22,7 @@ from torch import nn
 from neurok.model import dual_quaternion
 from neurok.model.basis import LinearBasis
 from neurok.model.config import ModelConfig
-from neurok.model.layers import Block, FourierEmbedding
+from neurok.model.layers import Block, FourierEmbedding, mlp_head
 from neurok.model.perceiver import PerceiverEncoder
 from neurok.model.pointnet import PointNetTokens
 
@@ -56,8 +56,7 @@ class Decoder(nn.Module):
         self.read = Block(cfg.width, cfg.heads, 0, cross=True, fused=False)
         self.latent_code = nn.Linear(cfg.tokens * cfg.latent_dim, cfg.width) if cfg.global_latent else None
         channels = dual_quaternion.HEAD_CHANNELS if self.output == "dual_quaternion" else DISPLACEMENT
-        hidden = [m for _ in range(cfg.head_layers) for m in (nn.Linear(cfg.width, cfg.width), nn.GELU())]
-        self.head = nn.Sequential(nn.LayerNorm(cfg.width), *hidden, nn.Linear(cfg.width, channels))
+        self.head = mlp_head(cfg.width, cfg.head_layers, channels)
         nn.init.zeros_(self.head[-1].weight)  # ours: start from "no deformation" (both heads: zero is that)
         nn.init.zeros_(self.head[-1].bias)
         self.basis = LinearBasis(cfg) if cfg.linear_basis else None

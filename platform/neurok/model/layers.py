@@ -97,3 +97,9 @@ class Block(nn.Module):
     def read(self, x: torch.Tensor, q: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """forward(x, context) of a cross-attention block without feed-forward, given q = queries(x)."""
         return x + self.attn.read(q, self.norm_context(context))
+
+
+def mlp_head(width: int, hidden: int, channels: int) -> nn.Sequential:
+    """LayerNorm, `hidden` (Linear, GELU) layers of the width, then a Linear to `channels` per point."""
+    layers = [m for _ in range(hidden) for m in (nn.Linear(width, width), nn.GELU())]
+    return nn.Sequential(nn.LayerNorm(width), *layers, nn.Linear(width, channels))
