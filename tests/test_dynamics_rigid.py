@@ -80,12 +80,17 @@ def spinning_state(shape: FloatingShape, spin: list[float], velocity: list[float
     return solve_initial_state(shape, bc, BoundaryConfig())
 
 
-def test_momentum_is_conserved_through_a_tumble_past_the_chart():
-    """A throw spinning at 6 rad/s for 1 s turns 6 rad: the rotation vector is recharted on the way."""
+@pytest.mark.parametrize("support", [2.0, 0.05])
+def test_momentum_is_conserved_through_a_tumble_past_the_chart(support):
+    """A throw spinning at 6 rad/s for 1 s turns 6 rad: the rotation vector is recharted on the way. With
+    support 0.05 the spin throws the deformation against the wall (|q| <= 0.05 sqrt(3)), whose force acts
+    on the deformation alone: the momentum stays (the wall's energy correction along G dq leaked 2.3e-6)."""
     shape = floating()
     q0, qdot0 = spinning_state(shape, [0.0, 6.0, 1.5], [0.3, 0.1, 0.0])
-    out = rollout(shape, q0, qdot0, SimulatorConfig(frames=30, stiffness=STIFFNESS))
+    out = rollout(shape, q0, qdot0, SimulatorConfig(frames=30, stiffness=STIFFNESS, support=support))
     assert out.q[0, :, 3:RIGID].norm(dim=-1).max() <= torch.pi + 0.2  # stayed in the regular chart
+    if support < 1:  # the deformation reached the wall (a penalty: it enters a little)
+        assert out.q[0, :, RIGID:].norm(dim=-1).max() > support * 3**0.5
     scene = checks.Scene(shape.latent.rest.numpy(), shape.latent.masses.numpy())
     found = {
         c.name: c
@@ -97,8 +102,8 @@ def test_momentum_is_conserved_through_a_tumble_past_the_chart():
             float(out.energy_drift()),
         )
     }
-    assert found["linear momentum drift"].value < 1e-4
-    assert found["angular momentum drift"].value < 1e-3
+    assert found["linear momentum drift"].value < 1e-6
+    assert found["angular momentum drift"].value < 1e-4
     assert found["energy balance"].value < 0.02
     assert all(c.passed for c in found.values())
 

@@ -552,13 +552,12 @@ def init(mo, prm, pins, ground, loads, s, v, t, work):
 
 
 @jit
-def mean_gradient(dq, G, S0, grad0, S1, grad1):
+def mean_gradient(dq, S0, grad0, S1, grad1):
     """integrators.mean_gradient for one object."""
     trapezoid = 0.5 * (grad0 + grad1)
-    bound = 0.5 * abs((grad1 - grad0) @ dq)
-    error = min(max(S1 - S0 - trapezoid @ dq, -bound), bound)
-    along = G @ dq
-    return trapezoid + error / max(dq @ along, TINY) * along
+    change = (grad1 - grad0) @ dq
+    weight = 0.0 if change == 0 else min(max((S1 - S0 - trapezoid @ dq) / change, -0.5), 0.5)
+    return trapezoid + weight * (grad1 - grad0)
 
 
 @jit
@@ -567,7 +566,7 @@ def residual(mo, prm, pins, ground, state, s, ev, target, dt):
     tm = state.tm
     dq = s - state.s
     S1, grad1, _, _, _ = springs(mo, prm, pins, ground, s, ev, False)
-    mean = mean_gradient(dq, tm.G, tm.S, tm.grad_S, S1, grad1)
+    mean = mean_gradient(dq, tm.S, tm.grad_S, S1, grad1)
     return (
         pullback(mo, state.s, state.ev, s, ev)
         + 0.5 * dt * (tm.D @ dq)
@@ -616,7 +615,7 @@ def step(mo, prm, pins, ground, loads, state, t, dt, max_iterations, tol):
     start = tm.Q - tm.D @ u
     velocity, ok1 = solve_metric(new_tm.G, arriving, prm.eps)
     end = new_tm.Q - new_tm.D @ velocity
-    mean = mean_gradient(dq, tm.G, tm.S, tm.grad_S, new_tm.S, new_tm.grad_S)
+    mean = mean_gradient(dq, tm.S, tm.grad_S, new_tm.S, new_tm.grad_S)
     p = arriving + 0.5 * dt * (end - new_tm.grad_V - mean)
     v, ok2 = solve_metric(new_tm.G, p, prm.eps)
     if not (ok1 and ok2):
