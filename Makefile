@@ -112,7 +112,7 @@ tune: $(STAMP) datasets/out/default.zarr ## Ray Tune sweep, best trial registere
 # ---- the science table (issue 14): NeuROK against PCA and retrieval on unseen objects and categories ----
 # A fixed number of steps, not minutes (pipelines/train-science.yaml), so the table does not depend on the
 # machine's speed or load.
-science: $(STAMP) datasets/out/science.zarr ## train on the science recipe (2000 steps x 64) and write outputs/science/summary.md
+science: $(STAMP) datasets/out/science.zarr ## train on the science recipe (4000 steps x 64) and write outputs/science/summary.md
 	$(NEUROK) train pipelines/train-science.yaml $(if $(threads),trainer.threads=$(threads)) $(args)
 	$(NEUROK) eval --config pipelines/science.yaml --model outputs/runs/science/checkpoints/last.ckpt \
 		--data datasets/out/science.zarr
