@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,3 +30,18 @@ def write_results(name: str, results: dict, markdown: str | None = None) -> None
     if markdown is not None:
         (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown if markdown is not None else json.dumps(results, indent=2))
+
+
+def simulator_of(model: str, overrides: list[str]):
+    """A model (a checkpoint, a pulled folder or models:/NAME@ALIAS) and its simulate settings with
+    `overrides`, as `neurok simulate` reads them."""
+    from neurok.config import config_path, load_config
+    from neurok.eval.config import SimulateConfig
+    from neurok.model.checkpoint import load_model
+    from neurok.track.registry import model_files
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, settings = model_files(model, tmp)
+        return load_model(checkpoint), load_config(
+            SimulateConfig, config_path(settings, "simulate"), overrides
+        )

@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 
 import numpy as np
 import torch
 import trimesh
 
-from common import RESULTS
-from neurok.config import config_path, load_config
-from neurok.eval.config import SimulateConfig
+from common import RESULTS, simulator_of
 from neurok.eval.rollout_files import MeshConditions, Poke, simulate_mesh
-from neurok.model.checkpoint import load_model
-from neurok.track.registry import model_files
 
 
 def meshes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -64,11 +59,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint, settings = model_files(args.model, tmp)
-        model = load_model(checkpoint)
-        overrides = [f"dynamics.simulator.frames={args.frames}", f"shape.rigid={args.rigid}", *args.overrides]
-        cfg = load_config(SimulateConfig, config_path(settings, "simulate"), overrides)
+    overrides = [f"dynamics.simulator.frames={args.frames}", f"shape.rigid={args.rigid}", *args.overrides]
+    model, cfg = simulator_of(args.model, overrides)
     rows = []
     for mesh_name, (vertices, faces) in meshes().items():
         for scene_name, conditions in scenes(vertices).items():

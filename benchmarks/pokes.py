@@ -15,13 +15,11 @@ Usage: python benchmarks/pokes.py MODEL [--objects 4] [--speed 2.0] [key=value .
 from __future__ import annotations
 
 import argparse
-import tempfile
 
 import numpy as np
 import trimesh
 
-from common import write_results
-from neurok.config import config_path, load_config
+from common import simulator_of, write_results
 from neurok.data.generate import elastic
 from neurok.data.generate.mjcf import UnstableError
 from neurok.data.generate.recipe import PhysicsSpec, SequenceSpec
@@ -29,9 +27,7 @@ from neurok.data.schema import FLAG_POKED, Sequence, normalisation
 from neurok.dynamics import checks
 from neurok.eval.config import SimulateConfig
 from neurok.eval.rollout_files import MeshConditions, Poke, simulate_mesh
-from neurok.model.checkpoint import load_model
 from neurok.threads import limit_threads
-from neurok.track.registry import model_files
 
 PATCH = 0.2  # generate.elastic's poke patch radius, a share of the object's largest extent
 WHO, CHECKS = ("mujoco", "neurok"), ("alignment", "locality")
@@ -102,14 +98,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     limit_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint, settings = model_files(args.model, tmp)
-        model = load_model(checkpoint)
-        cfg = load_config(
-            SimulateConfig,
-            config_path(settings, "simulate"),
-            ["dynamics.simulator.frames=30", *args.overrides],
-        )
+    model, cfg = simulator_of(args.model, ["dynamics.simulator.frames=30", *args.overrides])
     rows = []
     for kind in elastic.SOLIDS:
         for seed in range(args.objects):
